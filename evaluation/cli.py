@@ -1,0 +1,67 @@
+"""`quasar eval ...`: the command-line surface of the evaluation package.
+
+Argument parsing only; each command's work lives in its own module, imported when it runs.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from evaluation.buckets import BUCKETS
+from evaluation.errors import InputError
+from evaluation.tasks import DEFAULT_TASKS, TASKS
+
+
+def _csv(value: str) -> list[str]:
+    return [part for part in value.replace(" ", ",").split(",") if part]
+
+
+def _build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Evaluate long-context models.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    score = commands.add_parser(
+        "score",
+        help="score a LongBench prediction folder or file (drop-in for LongBench's eval.py)",
+        description="Score LongBench predictions exactly as LongBench's eval.py does, and write result.json.",
+    )
+    score.add_argument("path", type=Path, help="folder of <dataset>.jsonl prediction files, or one such file")
+    score.add_argument("--e", dest="longbench_e", action="store_true", help="LongBench-E: score by length group")
+    score.add_argument("--per-sample", type=Path, metavar="OUT.jsonl", help="write one score line per input line")
+    score.add_argument(
+        "--output", type=Path, metavar="result.json", help="where to write result.json (default: beside the input)"
+    )
+
+    run = commands.add_parser(
+        "run",
+        help="evaluate a TGI or OpenAI-compatible endpoint (or the built-in local model)",
+        description="Build long-context tasks, query an engine, score the answers and turn them into rewards.",
+    )
+    run.add_argument("--endpoint", help="engine base URL; without it the built-in local model answers")
+    run.add_argument("--engine", choices=["tgi", "openai"], default="tgi", help="engine API (default: tgi)")
+    run.add_argument("--model", help="model id: the tokenizer for bucket sizes, and the model name for openai")
+    run.add_argument("--tasks", type=_csv, default=list(DEFAULT_TASKS), help=f"comma list from: {', '.join(TASKS)}")
+    run.add_argument("--lengths", type=_csv, default=["32k"], help=f"comma list of buckets: {', '.join(BUCKETS)}")
+    run.add_argument("--samples", type=int, default=2, help="samples per task and bucket (default: 2)")
+    run.add_argument("--seed", type=int, default=0, help="seed for context construction (default: 0)")
+    run.add_argument("--data", type=Path, help="LongBench data: a folder of <dataset>.jsonl files or data.zip")
+    run.add_argument("--timeout", type=float, default=3600.0, help="seconds per request (default: 3600)")
+    run.add_argument("--concurrency", type=int, default=1, help="requests in flight at once (default: 1)")
+    run.add_argument("--output", type=Path, help="JSON results file (default: results/eval-<time>.json)")
+    return parser
+
+
+def main(argv: Sequence[str], prog: str = "quasar eval") -> int:
+    args = _build_parser(prog).parse_args(argv)
+    try:
+        if args.command == "score":
+            from evaluation.scoring import run_score
+
+            return run_score(args.path, longbench_e=args.longbench_e, per_sample=args.per_sample, output=args.output)
+        from evaluation.runner import RunOptions, run_eval
+
+        return run_eval(RunOptions.from_namespace(args))
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

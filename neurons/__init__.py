@@ -1,0 +1,1 @@
+"""QUASAR neurons: the miner, the validator and the protocol between them."""

@@ -27,10 +27,17 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         description="Score LongBench predictions exactly as LongBench's eval.py does, and write result.json.",
     )
     score.add_argument("path", type=Path, help="folder of <dataset>.jsonl prediction files, or one such file")
-    score.add_argument("--e", dest="longbench_e", action="store_true", help="LongBench-E: score by length group")
-    score.add_argument("--per-sample", type=Path, metavar="OUT.jsonl", help="write one score line per input line")
     score.add_argument(
-        "--output", type=Path, metavar="result.json", help="where to write result.json (default: beside the input)"
+        "--e", dest="longbench_e", action="store_true", help="LongBench-E: score by length group"
+    )
+    score.add_argument(
+        "--per-sample", type=Path, metavar="OUT.jsonl", help="write one score line per input line"
+    )
+    score.add_argument(
+        "--output",
+        type=Path,
+        metavar="result.json",
+        help="where to write result.json (default: beside the input)",
     )
 
     run = commands.add_parser(
@@ -40,12 +47,20 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     )
     run.add_argument("--endpoint", help="engine base URL; without it the built-in local model answers")
     run.add_argument("--engine", choices=["tgi", "openai"], default="tgi", help="engine API (default: tgi)")
-    run.add_argument("--model", help="model id: the tokenizer for bucket sizes, and the model name for openai")
-    run.add_argument("--tasks", type=_csv, default=list(DEFAULT_TASKS), help=f"comma list from: {', '.join(TASKS)}")
-    run.add_argument("--lengths", type=_csv, default=["32k"], help=f"comma list of buckets: {', '.join(BUCKETS)}")
+    run.add_argument(
+        "--model", help="model id: the tokenizer for bucket sizes, and the model name for openai"
+    )
+    run.add_argument(
+        "--tasks", type=_csv, default=list(DEFAULT_TASKS), help=f"comma list from: {', '.join(TASKS)}"
+    )
+    run.add_argument(
+        "--lengths", type=_csv, default=["32k"], help=f"comma list of buckets: {', '.join(BUCKETS)}"
+    )
     run.add_argument("--samples", type=int, default=2, help="samples per task and bucket (default: 2)")
     run.add_argument("--seed", type=int, default=0, help="seed for context construction (default: 0)")
-    run.add_argument("--data", type=Path, help="LongBench data: a folder of <dataset>.jsonl files or data.zip")
+    run.add_argument(
+        "--data", type=Path, help="LongBench data: a folder of <dataset>.jsonl files or data.zip"
+    )
     run.add_argument("--timeout", type=float, default=3600.0, help="seconds per request (default: 3600)")
     run.add_argument("--concurrency", type=int, default=1, help="requests in flight at once (default: 1)")
     run.add_argument("--output", type=Path, help="JSON results file (default: results/eval-<time>.json)")
@@ -58,7 +73,9 @@ def main(argv: Sequence[str], prog: str = "quasar eval") -> int:
         if args.command == "score":
             from evaluation.scoring import run_score
 
-            return run_score(args.path, longbench_e=args.longbench_e, per_sample=args.per_sample, output=args.output)
+            return run_score(
+                args.path, longbench_e=args.longbench_e, per_sample=args.per_sample, output=args.output
+            )
         from evaluation.runner import RunOptions, run_eval
 
         return run_eval(RunOptions.from_namespace(args))

@@ -62,7 +62,9 @@ _DOCS = "Below are several documents, numbered. "
 
 _LONGBENCH_TASKS = [
     TaskSpec(
-        "narrativeqa", "longbench", "qa_f1",
+        "narrativeqa",
+        "longbench",
+        "qa_f1",
         _DOCS + "One of them is a story (a novel or a film script) that answers the question at the end. "
         "Reply with the shortest correct answer, a single phrase where possible, and no explanation.\n\n"
         "{context}\n\nUsing the story above, reply with the shortest correct answer, a single phrase where "
@@ -70,7 +72,9 @@ _LONGBENCH_TASKS = [
         128,
     ),
     TaskSpec(
-        "qasper", "longbench", "qa_f1",
+        "qasper",
+        "longbench",
+        "qa_f1",
         _DOCS + "One of them is a scientific paper that answers the question at the end. Reply as briefly as "
         'you can, with a single phrase or sentence where possible. If the paper does not say, reply "unanswerable". '
         'For a yes/no question reply "yes", "no" or "unanswerable". No explanation.\n\n{context}\n\n'
@@ -80,42 +84,59 @@ _LONGBENCH_TASKS = [
         128,
     ),
     TaskSpec(
-        "multifieldqa_en", "longbench", "qa_f1",
+        "multifieldqa_en",
+        "longbench",
+        "qa_f1",
         _DOCS + "Read them and answer the question at the end.\n\n{context}\n\n"
         "Using the documents above, answer the question below. Reply with the answer only, no other words.\n\n"
         "Question: {input}\nAnswer:",
         64,
     ),
     TaskSpec(
-        "gov_report", "longbench", "rouge",
+        "gov_report",
+        "longbench",
+        "rouge",
         _DOCS + "One of them is a report by a government agency; the request at the end names it.\n\n"
         "{context}\n\n{input}\n\nSummary:",
-        512, summarisation=True,
+        512,
+        summarisation=True,
     ),
     TaskSpec(
-        "qmsum", "longbench", "rouge",
+        "qmsum",
+        "longbench",
+        "rouge",
         _DOCS + "One of them is a meeting transcript; the query at the end names it. Answer the query "
         "about that transcript in one or more sentences.\n\n{context}\n\n"
         "Answer the query below about the named transcript in one or more sentences.\n\n{input}\nAnswer:",
-        512, summarisation=True,
+        512,
+        summarisation=True,
     ),
     TaskSpec(
-        "multi_news", "longbench", "rouge",
+        "multi_news",
+        "longbench",
+        "rouge",
         _DOCS + "Some of them are news articles on one story; the request at the end names them.\n\n"
         "{context}\n\n{input}\n\nSummary:",
-        512, summarisation=True,
+        512,
+        summarisation=True,
     ),
     TaskSpec(
-        "trec", "longbench", "classification",
+        "trec",
+        "longbench",
+        "classification",
         _DOCS + "One of them lists example questions, each followed by its type. Decide the type of the "
         "question at the end in the same way.\n\n{context}\n{input}",
-        64, first_line=True,
+        64,
+        first_line=True,
     ),
     TaskSpec(
-        "triviaqa", "longbench", "qa_f1",
+        "triviaqa",
+        "longbench",
+        "qa_f1",
         _DOCS + "One of them holds example passages, each followed by a question and its answer. Answer the "
         "question at the end from the passage it follows, in the same way.\n\n{context}\n\n{input}",
-        32, first_line=True,
+        32,
+        first_line=True,
     ),
 ]
 

@@ -43,7 +43,7 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="evaluate a TGI or OpenAI-compatible endpoint (or the built-in local model)",
-        description="Build long-context tasks, query an engine, score the answers and turn them into rewards.",
+        description="Build long-context tasks, query an engine, score the answers, turn them into rewards.",
     )
     run.add_argument("--endpoint", help="engine base URL; without it the built-in local model answers")
     run.add_argument("--engine", choices=["tgi", "openai"], default="tgi", help="engine API (default: tgi)")

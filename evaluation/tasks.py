@@ -76,7 +76,8 @@ _LONGBENCH_TASKS = [
         "longbench",
         "qa_f1",
         _DOCS + "One of them is a scientific paper that answers the question at the end. Reply as briefly as "
-        'you can, with a single phrase or sentence where possible. If the paper does not say, reply "unanswerable". '
+        "you can, with a single phrase or sentence where possible. "
+        'If the paper does not say, reply "unanswerable". '
         'For a yes/no question reply "yes", "no" or "unanswerable". No explanation.\n\n{context}\n\n'
         "Using the paper above, answer the question below in the same way: as briefly as possible, "
         '"unanswerable" if the paper does not say, "yes"/"no" for yes/no questions, no explanation.\n\n'

@@ -89,7 +89,8 @@ _LONGBENCH_TASKS = [
         "longbench",
         "qa_f1",
         _DOCS + "Read them and answer the question at the end.\n\n{context}\n\n"
-        "Using the documents above, answer the question below. Reply with the answer only, no other words.\n\n"
+        "Using the documents above, answer the question below. "
+        "Reply with the answer only, no other words.\n\n"
         "Question: {input}\nAnswer:",
         64,
     ),

@@ -1,0 +1,165 @@
+"""Anti-memorisation: LongBench samples changed so that their public answers are wrong.
+
+LongBench's questions and answers are public; a miner could answer from a lookup table without running a
+model. Two changes, both seeded and fresh per item:
+
+- Entity substitution: numbers (two digits or more) and proper nouns (capitalised words never written in
+  lower case in the document) that occur in the answers are replaced, consistently and everywhere, in the
+  context, the question and the answers, by fresh surrogates that occur nowhere in the original text.
+  Substitution works on whole word and number tokens, so each occurrence is replaced or none is.
+- Needle augmentation (token-F1 datasets only, when substitution left at least half of an answer's words
+  as they were): a fresh "verification phrase" is woven into the document at a sentence boundary, the
+  question asks for it first, and every answer starts with it. A memoriser's answer then misses at least
+  half of the expected words.
+
+Limits: classification (trec) answers are class labels and cannot change; summaries (ROUGE-L) change only
+in their names and numbers, so a memorised summary keeps most of its score. See docs/evaluation.md.
+"""
+
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from evaluation.filler import PseudoWords, split_words
+
+# A token is a number (digits with inner separators: 1,200 or 3.5) or a run of letters.
+_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+")
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]?\s+(?=[A-Z\"'(])")
+
+# Capitalised words that are not names even when never written in lower case in a document.
+_NOT_NAMES = frozenset(
+    split_words(
+        "The A An And Or But If In On At Of To For From By With As Is It Its He She They We You I His "
+        "Her Their This That These Those There Here What Which Who Whom Whose When Where Why How Yes No Not "
+        "Mr Mrs Ms Dr St January February March April May June July August September October November "
+        "December Monday Tuesday Wednesday Thursday Friday Saturday Sunday"
+    )
+)
+_MIN_NUMBER_DIGITS = 2
+# Needle augmentation: the phrase has at least this many words, and at least as many as the answer.
+_MIN_PHRASE_WORDS = 3
+_TRIES_PER_SHAPE = 50
+_SYLLABLES = [consonant + vowel for consonant in "bdkmnrstvz" for vowel in "aeiou"]
+
+
+@dataclass(frozen=True)
+class Perturbed:
+    context: str
+    input: str
+    answers: tuple[str, ...]
+    substitutions: Mapping[str, str]  # original token -> surrogate
+    phrase: str | None = None  # the verification phrase woven in, if any
+
+
+def perturb(
+    context: str, question: str, answers: Sequence[str], metric: str, rng: random.Random
+) -> Perturbed:
+    """Entity substitution, then needle augmentation where substitution alone leaves answers guessable."""
+    substituted = substitute_entities(context, question, answers, rng)
+    if metric != "qa_f1" or not _still_guessable(answers, substituted.answers):
+        return substituted
+    return augment_with_phrase(substituted, rng)
+
+
+def substitute_entities(context: str, question: str, answers: Sequence[str], rng: random.Random) -> Perturbed:
+    seen = set(_TOKEN.findall(context)) | set(_TOKEN.findall(question))
+    lowered = {token.lower() for token in seen}
+    entities = [
+        token
+        for answer in answers
+        for token in _TOKEN.findall(answer)
+        if token in seen and _is_entity(token, lowered)
+    ]
+    mapping = _surrogates(list(dict.fromkeys(entities)), lowered, rng)
+
+    def replace(text: str) -> str:
+        return (
+            _TOKEN.sub(lambda match: mapping.get(match.group(0), match.group(0)), text) if mapping else text
+        )
+
+    return Perturbed(replace(context), replace(question), tuple(replace(a) for a in answers), mapping)
+
+
+def _is_entity(token: str, lowered_tokens: set[str]) -> bool:
+    if token[0].isdigit():
+        return sum(ch.isdigit() for ch in token) >= _MIN_NUMBER_DIGITS
+    # A proper noun: capitalised, and its lower-case form never stands alone in the text.
+    return len(token) > 1 and token[0].isupper() and token not in _NOT_NAMES and token not in lowered_tokens
+
+
+def _surrogates(entities: Sequence[str], lowered_tokens: set[str], rng: random.Random) -> dict[str, str]:
+    """Fresh replacements: distinct, the same shape as the original, absent from the original text."""
+    taken = set(lowered_tokens)
+    mapping: dict[str, str] = {}
+    for entity in entities:
+        surrogate = _fresh(entity, taken, rng)
+        taken.add(surrogate.lower())
+        mapping[entity] = surrogate
+    return mapping
+
+
+def _fresh(entity: str, taken: set[str], rng: random.Random) -> str:
+    # A short shape can run out (a report may use every two-digit number): grow it after many misses.
+    attempt = 0
+    while True:
+        grow = attempt // _TRIES_PER_SHAPE
+        if entity[0].isdigit():
+            surrogate = _number_like(entity + "0" * grow, rng)
+        else:
+            surrogate = _name_like(entity, rng, grow)
+        if surrogate.lower() not in taken:
+            return surrogate
+        attempt += 1
+
+
+def _number_like(number: str, rng: random.Random) -> str:
+    # Same digit count and separators; a four-digit year stays a plausible year.
+    if len(number) == 4 and number.isdigit() and 1500 <= int(number) <= 2099:
+        return str(rng.randrange(1500, 2100))
+    digits = [rng.choice("123456789") if i == 0 else rng.choice("0123456789") for i in range(len(number))]
+    return "".join(d if ch.isdigit() else ch for d, ch in zip(digits, number, strict=True))
+
+
+def _name_like(name: str, rng: random.Random, extra: int) -> str:
+    syllables = max(2, min(4, (len(name) + 1) // 2)) + extra
+    word = "".join(rng.choice(_SYLLABLES) for _ in range(syllables))
+    return word.upper() if name.isupper() else word.capitalize()
+
+
+def _words(text: str) -> list[str]:
+    return [token.lower() for token in _TOKEN.findall(text)]
+
+
+def _still_guessable(original: Sequence[str], perturbed: Sequence[str]) -> bool:
+    """True when some answer kept at least half of its words: a memorised answer would still score."""
+    for before, after in zip(original, perturbed, strict=True):
+        words = _words(before)
+        kept = sum(1 for a, b in zip(words, _words(after), strict=False) if a == b)
+        if words and kept * 2 >= len(words):
+            return True
+    return False
+
+
+def augment_with_phrase(item: Perturbed, rng: random.Random) -> Perturbed:
+    """A fresh verification phrase woven into the context: the question asks for it, answers start with it."""
+    longest = max(len(_words(answer)) for answer in item.answers)
+    words = PseudoWords(str(rng.getrandbits(64)), syllables=3)
+    start = rng.randrange(words.capacity - 16)
+    phrase = " ".join(words.word(start + i) for i in range(max(_MIN_PHRASE_WORDS, longest)))
+    fact = f'The verification phrase of this document is "{phrase}". '
+    context = _insert_at_sentence(item.context, fact, rng)
+    question = (
+        f"{item.input}\n(Begin your answer, on the same line, with the verification phrase stated in the "
+        "document, then give the answer.)"
+    )
+    return Perturbed(
+        context, question, tuple(f"{phrase} {a}" for a in item.answers), item.substitutions, phrase
+    )
+
+
+def _insert_at_sentence(text: str, sentence: str, rng: random.Random) -> str:
+    """`sentence` placed at a random sentence start of `text` (its start when it has no sentence break)."""
+    starts = [match.end() for match in _SENTENCE_END.finditer(text)]
+    at = rng.choice(starts) if starts else 0
+    return text[:at] + sentence + text[at:]

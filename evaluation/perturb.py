@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from evaluation.filler import PseudoWords, split_words
+from evaluation.metrics import qa_f1_score
 
 # A token is a number (digits with inner separators: 1,200 or 3.5) or a run of letters.
 _TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+")
@@ -40,6 +41,8 @@ _MIN_NUMBER_DIGITS = 2
 # Needle augmentation: the phrase has at least this many words, and at least as many as the answer.
 _MIN_PHRASE_WORDS = 3
 _TRIES_PER_SHAPE = 50
+# Token F1 a memorised answer may keep before a verification phrase is added.
+_GUESSABLE_F1 = 0.5
 _SYLLABLES = [consonant + vowel for consonant in "bdkmnrstvz" for vowel in "aeiou"]
 
 
@@ -55,7 +58,11 @@ class Perturbed:
 def perturb(
     context: str, question: str, answers: Sequence[str], metric: str, rng: random.Random
 ) -> Perturbed:
-    """Entity substitution, then needle augmentation where substitution alone leaves answers guessable."""
+    """Entity substitution, then needle augmentation where substitution alone leaves answers guessable.
+
+    Classification answers are labels from a fixed set: nothing is changed for them."""
+    if metric == "classification":
+        return Perturbed(context, question, tuple(answers), {})
     substituted = substitute_entities(context, question, answers, rng)
     if metric != "qa_f1" or not _still_guessable(answers, substituted.answers):
         return substituted
@@ -64,14 +71,13 @@ def perturb(
 
 def substitute_entities(context: str, question: str, answers: Sequence[str], rng: random.Random) -> Perturbed:
     seen = set(_TOKEN.findall(context)) | set(_TOKEN.findall(question))
-    lowered = {token.lower() for token in seen}
     entities = [
         token
         for answer in answers
         for token in _TOKEN.findall(answer)
-        if token in seen and _is_entity(token, lowered)
+        if token in seen and _is_entity(token, seen)
     ]
-    mapping = _surrogates(list(dict.fromkeys(entities)), lowered, rng)
+    mapping = _surrogates(list(dict.fromkeys(entities)), {token.lower() for token in seen}, rng)
 
     def replace(text: str) -> str:
         return (
@@ -81,11 +87,11 @@ def substitute_entities(context: str, question: str, answers: Sequence[str], rng
     return Perturbed(replace(context), replace(question), tuple(replace(a) for a in answers), mapping)
 
 
-def _is_entity(token: str, lowered_tokens: set[str]) -> bool:
+def _is_entity(token: str, seen: set[str]) -> bool:
     if token[0].isdigit():
         return sum(ch.isdigit() for ch in token) >= _MIN_NUMBER_DIGITS
-    # A proper noun: capitalised, and its lower-case form never stands alone in the text.
-    return len(token) > 1 and token[0].isupper() and token not in _NOT_NAMES and token not in lowered_tokens
+    # A proper noun: capitalised, and never written in lower case in the text.
+    return len(token) > 1 and token[0].isupper() and token not in _NOT_NAMES and token.lower() not in seen
 
 
 def _surrogates(entities: Sequence[str], lowered_tokens: set[str], rng: random.Random) -> dict[str, str]:
@@ -132,13 +138,8 @@ def _words(text: str) -> list[str]:
 
 
 def _still_guessable(original: Sequence[str], perturbed: Sequence[str]) -> bool:
-    """True when some answer kept at least half of its words: a memorised answer would still score."""
-    for before, after in zip(original, perturbed, strict=True):
-        words = _words(before)
-        kept = sum(1 for a, b in zip(words, _words(after), strict=False) if a == b)
-        if words and kept * 2 >= len(words):
-            return True
-    return False
+    """True when a memorised public answer would still score over half marks against the new answers."""
+    return max(qa_f1_score(old, new) for old in original for new in perturbed) > _GUESSABLE_F1
 
 
 def augment_with_phrase(item: Perturbed, rng: random.Random) -> Perturbed:

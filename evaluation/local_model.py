@@ -17,6 +17,7 @@ import random
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 LOCAL_MODEL_VERSION = "local-model-v1"
@@ -247,3 +248,54 @@ def _pin_tokenizer_class(config_path: Path) -> None:
 def ensure_local_tokenizer(root: Path | None = None) -> Path:
     """The local model's tokenizer folder, built on first use (a few seconds; no torch needed)."""
     return _ensure_built((root or cache_root()) / "tokenizer", _write_tokenizer)
+
+
+def _write_model(folder: Path, tokenizer_folder: Path) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    for item in tokenizer_folder.iterdir():
+        shutil.copy2(item, folder / item.name)
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=LOCAL_MAX_TOTAL_TOKENS,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+    )
+    # A private RNG state: building the model must not change the caller's torch random stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
+        do_sample=False, bos_token_id=0, eos_token_id=0, pad_token_id=0
+    )
+    with quiet_progress_bars():
+        model.save_pretrained(folder)
+
+
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """No transformers progress bars (saving and loading a 2 MB model need none), restored afterwards."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def ensure_local_model(root: Path | None = None) -> Path:
+    """The local model's folder (weights, config and tokenizer), built on first use; needs torch."""
+    root = root or cache_root()
+    tokenizer_folder = ensure_local_tokenizer(root)
+    return _ensure_built(root / "model", lambda folder: _write_model(folder, tokenizer_folder))

@@ -128,7 +128,7 @@ def _auto_backend(name_or_path: str) -> Any:
     except (OSError, ValueError):
         if Path(name_or_path).exists():
             raise InputError(where, "this folder holds no loadable tokenizer (tokenizer.json)") from None
-        unreachable = _hub_unreachable()
+        unreachable = hub_unreachable()
         if unreachable:
             raise InputError(where, f"not a local folder, not in the HF cache, and {unreachable}") from None
         try:
@@ -140,7 +140,7 @@ def _auto_backend(name_or_path: str) -> Any:
     return loaded.backend_tokenizer
 
 
-def _hub_unreachable(timeout_s: float = 5.0) -> str | None:
+def hub_unreachable(timeout_s: float = 5.0) -> str | None:
     """Why the Hugging Face Hub cannot be reached, or None when a TCP connection to it opens."""
     from huggingface_hub import constants
 

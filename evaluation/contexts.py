@@ -401,7 +401,6 @@ def _longbench_item(
 class _Builder:
     def __init__(self, tokenizer: Tokenizer, seed: int, records: Records | None) -> None:
         self.tokenizer, self.seed, self.records = tokenizer, seed, records
-        self._pool: _Pool | None = None
 
     def build(self, task_name: str, bucket: str, index: int) -> EvalItem:
         task = get_task(task_name)
@@ -414,9 +413,23 @@ class _Builder:
             raise InputError(
                 _where(task_name, bucket), "needs LongBench data: pass --data (folder or data.zip)"
             )
-        if self._pool is None:
-            self._pool = _Pool(self.records, self.tokenizer)
-        return _longbench_item(task, bucket, index, self.tokenizer, self.seed, self._pool, self.records)
+        pool = _pool_for(self.records, self.tokenizer)
+        return _longbench_item(task, bucket, index, self.tokenizer, self.seed, pool, self.records)
+
+
+# The most recent pool, reused while callers pass the same records and tokenizer objects (as repeated
+# build_item calls do): tokenising every document again per item would dominate the cost. The records
+# mapping must not be changed between calls.
+_last_pool: list[tuple[Records, Tokenizer, _Pool]] = []
+
+
+def _pool_for(records: Records, tokenizer: Tokenizer) -> _Pool:
+    for cached_records, cached_tokenizer, pool in _last_pool:
+        if cached_records is records and cached_tokenizer is tokenizer:
+            return pool
+    pool = _Pool(records, tokenizer)
+    _last_pool[:] = [(records, tokenizer, pool)]
+    return pool
 
 
 def build_item(

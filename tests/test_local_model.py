@@ -1,0 +1,90 @@
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from evaluation.local_model import (
+    LOCAL_MAX_TOTAL_TOKENS,
+    VOCAB_SIZE,
+    _ensure_built,
+    cache_root,
+    ensure_local_model,
+)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # The session cache the tokenizer and engine tests also use: the tiny model is built once per run.
+    return ensure_local_model(tmp_path_factory.getbasetemp() / "quasar-cache" / "local-model-v1")
+
+
+def test_cache_root_follows_quasar_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("QUASAR_CACHE", str(tmp_path))
+    assert cache_root() == tmp_path / "local-model-v1"
+    monkeypatch.delenv("QUASAR_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_root() == tmp_path / ".cache" / "quasar" / "local-model-v1"
+
+
+def test_the_model_folder_loads_with_the_auto_classes(model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {
+        p.name for p in model_dir.iterdir()
+    }
+    assert json.loads((model_dir / "tokenizer_config.json").read_text())["tokenizer_class"] == (
+        "PreTrainedTokenizerFast"
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = model.config
+    assert (config.model_type, config.hidden_size, config.num_hidden_layers) == ("llama", 64, 2)
+    assert (config.num_attention_heads, config.num_key_value_heads) == (4, 2)
+    assert config.max_position_embeddings == LOCAL_MAX_TOTAL_TOKENS
+    assert config.vocab_size == VOCAB_SIZE == len(tokenizer)
+    # Without model_input_names, the tokenizer would return token_type_ids, which generate() rejects.
+    assert set(tokenizer("hello")) == {"input_ids", "attention_mask"}
+
+
+def test_a_built_model_is_reused_not_rebuilt(model_dir: Path) -> None:
+    weights = model_dir / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert ensure_local_model(model_dir.parent) == model_dir
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_the_build_is_deterministic(model_dir: Path, tmp_path: Path) -> None:
+    again = ensure_local_model(tmp_path)
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (again / name).read_bytes() == (model_dir / name).read_bytes(), name
+
+
+def test_a_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
+    def half_write(folder: Path) -> None:
+        (folder / "part").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        _ensure_built(tmp_path / "model", half_write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_concurrent_builders_agree_on_one_result(tmp_path: Path) -> None:
+    def slow_write(folder: Path) -> None:
+        time.sleep(0.2)
+        (folder / "by").write_text(threading.current_thread().name)
+
+    results: list[Path] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(_ensure_built(tmp_path / "model", slow_write)))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [tmp_path / "model"] * 3
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging folders left
+    assert [p.name for p in (tmp_path / "model").iterdir()] == ["by"]

@@ -123,15 +123,20 @@ class _HTTPEngine:
             await self._session.aclose()
             self._session = None
 
-    async def _get_json(self, path: str) -> Any:
-        """GET a JSON document from the engine, bounded by the timeout."""
+    async def _get_json(self, path: str, missing_ok: bool = False) -> Any:
+        """GET a JSON document from the engine, bounded by the timeout; None for a 404 if `missing_ok`."""
         await self._open()
         assert self._session is not None
         with self._errors():
             response = await self._session.get(self._endpoint + path)
-            if response.status_code >= 400:
-                raise EngineError(f"{self.name}: GET {path}: {_status_problem(response)}")
+        if missing_ok and response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise EngineError(f"{self.name}: GET {path}: {_status_problem(response)}")
+        try:
             return response.json()
+        except ValueError:
+            raise EngineError(f"{self.name}: GET {path}: the answer is not JSON") from None
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -238,16 +243,21 @@ class OpenAIEngine(_HTTPEngine):
 
     async def info(self) -> EngineInfo:
         # The endpoint may be given with or without the /v1 suffix.
-        listing = await self._get_json("/models" if self._endpoint.endswith("/v1") else "/v1/models")
+        path = "/models" if self._endpoint.endswith("/v1") else "/v1/models"
+        listing = await self._get_json(path, missing_ok=True)
+        if listing is None:  # a server without the listing: the model name must be given
+            if self._model is None:
+                raise EngineError(f"{self.name}: no {path} to learn the model name from; pass it")
+            return EngineInfo(self._model, None, None)
         models = listing.get("data") or []
-        chosen = next((m for m in models if m.get("id") == self._model), models[0] if models else None)
+        if self._model is None and models:
+            self._model = models[0]["id"]
+        chosen = next((m for m in models if m.get("id") == self._model), None)
         if chosen is None:
-            if self._model:
-                return EngineInfo(self._model, None, None)
-            raise EngineError(f"{self.name}: serves no model (empty /v1/models); pass the model name")
-        self._model = self._model or chosen["id"]
+            served = ", ".join(repr(m.get("id")) for m in models) or "none"
+            raise EngineError(f"{self.name}: does not serve model {self._model!r} (it serves: {served})")
         # vLLM and SGLang report the context length as max_model_len; others say nothing.
-        return EngineInfo(chosen.get("id"), None, chosen.get("max_model_len"))
+        return EngineInfo(self._model, None, chosen.get("max_model_len"))
 
 
 @dataclass(frozen=True)

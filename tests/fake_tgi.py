@@ -67,6 +67,7 @@ class FakeTGI:
     max_input_tokens: int = 4095
     max_total_tokens: int = 4096
     payload_limit: int = TGI_PAYLOAD_LIMIT  # bytes; larger bodies get TGI's 413
+    models_listing: bool = True  # serve GET /v1/models (as vLLM and SGLang do); else 404
     # Answered in order, one per generation request, before generating anything.
     failures: list[Failure] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -250,6 +251,8 @@ class FakeTGI:
 
     async def _models(self, request: web.Request) -> web.Response:
         await self._record(request)
+        if not self.models_listing:
+            return web.Response(status=404)
         model = {
             "id": self.model_id,
             "object": "model",

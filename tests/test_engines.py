@@ -99,6 +99,20 @@ def test_openai_info_reports_the_context_length(server: FakeTGI) -> None:
     assert info == EngineInfo("fake/model", None, 4096)
 
 
+def test_openai_info_names_the_served_models_when_the_model_is_not_among_them(server: FakeTGI) -> None:
+    with pytest.raises(EngineError, match=r"does not serve model 'other' \(it serves: 'fake/model'\)"):
+        call(make_engine("openai", server.url, "other", 30.0), lambda e: e.info())
+
+
+def test_openai_info_without_a_models_listing(server: FakeTGI) -> None:
+    server.models_listing = False
+    assert call(make_engine("openai", server.url, "m", 30.0), lambda e: e.info()) == EngineInfo(
+        "m", None, None
+    )
+    with pytest.raises(EngineError, match="pass it"):
+        call(make_engine("openai", server.url, None, 30.0), lambda e: e.info())
+
+
 def test_a_server_that_is_down_fails_fast() -> None:
     with socket.socket() as sock:  # a port that nothing listens on
         sock.bind(("127.0.0.1", 0))

@@ -56,7 +56,7 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     run.add_argument(
         "--lengths", type=_csv, default=["32k"], help=f"comma list of buckets: {', '.join(BUCKETS)}"
     )
-    run.add_argument("--samples", type=int, default=2, help="samples per task and bucket (default: 2)")
+    run.add_argument("--samples", type=int, default=1, help="samples per task and bucket (default: 1)")
     run.add_argument("--seed", type=int, default=0, help="seed for context construction (default: 0)")
     run.add_argument(
         "--data", type=Path, help="LongBench data: a folder of <dataset>.jsonl files or data.zip"

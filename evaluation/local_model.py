@@ -2,8 +2,9 @@
 
 No weights can be downloaded where QUASAR is tested, so the model is made here, deterministically: a
 byte-level BPE tokenizer trained on generated English-like text (about 3.5 characters per token on
-English prose, so token counts are roughly realistic) and a randomly initialised 2-layer Llama with a fixed seed. It answers
-nonsense; it exists so that the whole pipeline (contexts, engine, scoring) runs anywhere.
+English prose, so token counts are roughly realistic) and a randomly initialised 2-layer Llama with a
+fixed seed. It answers nonsense; it exists so that the whole pipeline (contexts, engine, scoring)
+runs anywhere.
 
 Both parts are cached under `$QUASAR_CACHE/local-model-v1` (default `~/.cache/quasar/local-model-v1`), in
 two folders: `tokenizer/` (needs only `tokenizers` and `transformers`) and `model/` (also needs torch; it

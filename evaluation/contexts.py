@@ -49,6 +49,8 @@ _SEAM_CHARS = 256
 # A LongBench record is used only when its context leaves this share of the bucket's context room free.
 _GOLD_ROOM = 0.9
 # Answers too generic to mark a distractor as leaking them (they occur in any text).
+# Splits a rendered template around its context.
+_SPLIT = "\x00context\x00"
 _GENERIC_ANSWERS = frozenset({"yes", "no", "unanswerable", "none", "true", "false"})
 _MIN_CHECKED_ANSWER = 4
 
@@ -77,6 +79,29 @@ def count_long(tokenizer: Tokenizer, text: str, chunk_chars: int = _CHUNK_CHARS)
     return sum(counts[: len(pieces)]) + correction
 
 
+def count_joined(tokenizer: Tokenizer, parts: Sequence[tuple[str, int | None]]) -> int:
+    """Tokens of the concatenated `parts`, reusing the known counts of long parts (`(text, count)`).
+
+    Long counted parts are anchors; the text between two anchors (glue: the other parts) is counted
+    together with `_SEAM_CHARS` of each anchor beside it, less those anchor edges counted alone. Exact
+    under the same locality as `count_long`.
+    """
+    anchors = [
+        i for i, (text, count) in enumerate(parts) if count is not None and len(text) >= 2 * _SEAM_CHARS
+    ]
+    if not anchors:
+        return count_long(tokenizer, "".join(text for text, _ in parts))
+    windows: list[str] = []
+    for before, after in pairwise([None, *anchors, None]):
+        left = parts[before][0][-_SEAM_CHARS:] if before is not None else ""
+        right = parts[after][0][:_SEAM_CHARS] if after is not None else ""
+        glue = "".join(text for text, _ in parts[(before + 1 if before is not None else 0) : after])
+        windows += [left + glue + right, left, right]
+    counts = tokenizer.count_batch(windows)
+    known = sum(parts[i][1] or 0 for i in anchors)
+    return known + sum(counts[i] - counts[i + 1] - counts[i + 2] for i in range(0, len(counts), 3))
+
+
 def _cut_points(text: str, chunk_chars: int) -> list[int]:
     cuts, start = [], 0
     while len(text) - start > chunk_chars:
@@ -92,7 +117,12 @@ def _cut_points(text: str, chunk_chars: int) -> list[int]:
 @dataclass(frozen=True)
 class _Unit:
     text: str
-    tokens: int
+    tokens: int  # of `text` alone, exact
+    overhead: int = 0  # what rendering adds around it (a document header)
+
+    @property
+    def cost(self) -> int:
+        return self.tokens + self.overhead
 
 
 class _ShortfallError(Exception):
@@ -119,13 +149,13 @@ class _Stream:
                 if len(taken) == len(self._units):
                     raise _ShortfallError(total)
             unit = self._units[len(taken)]
-            if total + unit.tokens > tokens:
-                unit = self._truncated(unit, tokens - total)
+            if total + unit.cost > tokens:
+                unit = self._truncated(unit, tokens - total - unit.overhead)
                 if unit.text:
                     taken.append(unit)
                 break
             taken.append(unit)
-            total += unit.tokens
+            total += unit.cost
         return taken
 
     def _truncated(self, unit: _Unit, tokens: int) -> _Unit:
@@ -135,21 +165,21 @@ class _Stream:
             text = head + "\n" if head else ""
         else:
             text = self._tokenizer.truncate(unit.text, tokens)
-        return _Unit(text, self._tokenizer.count(text) if text else 0)
+        return _Unit(text, self._tokenizer.count(text) if text else 0, unit.overhead)
 
 
-def _counted(texts: Iterator[str], tokenizer: Tokenizer, extra: int = 0) -> Iterator[_Unit]:
-    """Units for `texts`, tokenised a batch at a time; `extra` tokens are added to each (a header)."""
+def _counted(texts: Iterator[str], tokenizer: Tokenizer) -> Iterator[_Unit]:
+    """Units for `texts`, tokenised a batch at a time."""
     while batch := list(islice(texts, _BATCH)):
         for text, tokens in zip(batch, tokenizer.count_batch(batch), strict=True):
-            yield _Unit(text, tokens + extra)
+            yield _Unit(text, tokens)
 
 
 def _boundaries(units: Sequence[_Unit], depths: Sequence[float]) -> tuple[list[int], list[int]]:
     """For each depth, the nearest unit boundary (0: before the first unit) and the tokens before it."""
     starts = [0]
     for unit in units:
-        starts.append(starts[-1] + unit.tokens)
+        starts.append(starts[-1] + unit.cost)
     places = []
     for depth in depths:
         target = depth * starts[-1]
@@ -164,6 +194,12 @@ def _boundaries(units: Sequence[_Unit], depths: Sequence[float]) -> tuple[list[i
 class _Draft:
     prompt: str
     gold_depth: float | None
+    # The prompt in parts, with the exact token count of those already counted: measuring it then only
+    # tokenises the rest and the text around each seam.
+    parts: tuple[tuple[str, int | None], ...] = ()
+
+    def measure(self, tokenizer: Tokenizer) -> int:
+        return count_joined(tokenizer, self.parts) if self.parts else count_long(tokenizer, self.prompt)
 
 
 def _fit(
@@ -188,7 +224,7 @@ def _fit(
                 f"not enough {what}: {short.available} of the {target} tokens needed "
                 f"({target - short.available} short)",
             ) from None
-        measured = count_long(tokenizer, draft.prompt)
+        measured = draft.measure(tokenizer)
         if floor <= measured <= limit:
             return draft, measured
         target += goal - measured
@@ -256,7 +292,7 @@ def _needle_depth(
 ) -> float | None:
     if gold is None:
         return None
-    total = sum(unit.tokens for unit in units) + sum(needle_tokens)
+    total = sum(unit.cost for unit in units) + sum(needle_tokens)
     return (before[gold] + sum(needle_tokens[:gold])) / total if total else 0.0
 
 
@@ -327,7 +363,7 @@ def _distractors(
     while batch := list(islice(order, _BATCH)):
         kept = [i for i in batch if pattern is None or not pattern.search(pool.docs[i])]
         for i, tokens in zip(kept, pool.counts(kept), strict=True):
-            yield _Unit(pool.docs[i], tokens + pool.header_tokens)
+            yield _Unit(pool.docs[i], tokens, pool.header_tokens)
 
 
 def _pick_record(
@@ -365,7 +401,7 @@ def _longbench_item(
     record = _pick_record(task, bucket, index, seed, pool, records)
     rng = _item_rng(task.name, bucket, index, seed, "longbench")
     changed = perturb(record.context, record.input, record.answers, task.metric, rng)
-    gold = _Unit(changed.context, count_long(tokenizer, changed.context) + pool.header_tokens)
+    gold = _Unit(changed.context, count_long(tokenizer, changed.context), pool.header_tokens)
     pattern = _answer_pattern([*record.answers, *changed.answers], record.all_classes)
     stream = _Stream(_distractors(pool, record.dataset, pool.doc_id(record.context), pattern, rng), tokenizer)
     depth, order_seed = rng.random(), rng.getrandbits(64)
@@ -375,13 +411,19 @@ def _longbench_item(
         random.Random(order_seed).shuffle(docs)
         (at,), (before,) = _boundaries(docs, [depth])
         docs.insert(at, gold)
-        context = "\n\n".join(f"Document {n}:\n{doc.text}" for n, doc in enumerate(docs, start=1))
         question = _question(task, changed.input, at + 1) if task.summarisation else changed.input
-        total = sum(doc.tokens for doc in docs)
-        return _Draft(task.render(context, question), before / total)
+        head, tail = task.render(_SPLIT, question).split(_SPLIT)
+        parts: list[tuple[str, int | None]] = [(head, None)]
+        for n, doc in enumerate(docs, start=1):
+            separator = "" if n == 1 else "\n\n"
+            parts += [(f"{separator}Document {n}:\n", None), (doc.text, doc.tokens)]
+        parts.append((tail, None))
+        return _Draft(
+            "".join(text for text, _ in parts), before / sum(doc.cost for doc in docs), tuple(parts)
+        )
 
     placeholder = _question(task, changed.input, 100) if task.summarisation else changed.input
-    fixed = tokenizer.count(task.render("", placeholder)) + gold.tokens
+    fixed = tokenizer.count(task.render("", placeholder)) + gold.cost
     draft, measured = _fit(build, fixed, task, bucket, tokenizer, "distractor text in the LongBench data")
     return EvalItem(
         task=task.name,

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evaluation.buckets import BUCKETS
-from evaluation.contexts import FILL_TOLERANCE, build_item, build_items, count_long
+from evaluation.contexts import FILL_TOLERANCE, build_item, build_items, count_joined, count_long
 from evaluation.errors import InputError
 from evaluation.longbench import LongBenchRecord, load_records
 from evaluation.tasks import LONGBENCH_TASKS, SYNTHETIC_TASKS, TASKS, EvalItem
@@ -200,6 +200,20 @@ def test_bad_input_is_named(tok: Tokenizer, call: object, pattern: str) -> None:
 )
 def test_chunked_counts_equal_whole_counts(tok: Tokenizer, text: str, chunk: int) -> None:
     assert count_long(tok, text, chunk_chars=chunk) == tok.count(text)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    parts=st.lists(
+        st.tuples(
+            st.text(alphabet=st.sampled_from(list("ab cd\n .,é東0123-")), max_size=1500), st.booleans()
+        ),
+        max_size=8,
+    )
+)
+def test_joined_counts_equal_whole_counts(tok: Tokenizer, parts: list[tuple[str, bool]]) -> None:
+    counted = [(text, tok.count(text) if known else None) for text, known in parts]
+    assert count_joined(tok, counted) == tok.count("".join(text for text, _ in parts))
 
 
 def test_chunked_counts_equal_whole_counts_on_real_prompts(tok: Tokenizer, records: Records) -> None:

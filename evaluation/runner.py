@@ -161,7 +161,7 @@ async def _answer_all(
     engine: Engine,
     max_input_tokens: int | None,
     concurrency: int,
-    on_done: Callable[[], None],
+    on_done: Callable[[], object],
 ) -> list[ItemResult]:
     gate = asyncio.Semaphore(concurrency)
 
@@ -237,11 +237,7 @@ def run_eval(options: RunOptions) -> int:
     write_json_atomic(
         output,
         {
-            "options": {
-                **asdict(options),
-                "data": str(options.data) if options.data else None,
-                "output": str(output),
-            },
+            "options": asdict(options) | {"data": options.data and str(options.data), "output": str(output)},
             "engine": engine_info,
             "summary": [asdict(s) for s in summaries],
             "results": [asdict(r) for r in results],

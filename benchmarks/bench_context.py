@@ -46,9 +46,11 @@ def _one(task: str, bucket: str, tokenizer_name: str | None, data: Path | None) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokenizer", help="tokenizer folder or Hub id (default: the built-in local one)")
-    parser.add_argument("--tasks", default="niah_single,qasper", help="comma list (default: niah_single,qasper)")
+    parser.add_argument("--tasks", default="niah_single,qasper", help="comma list")
     parser.add_argument("--buckets", default=",".join(BUCKETS), help="comma list (default: all)")
     parser.add_argument("--one", nargs=3, metavar=("TASK", "BUCKET", "DATA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -61,7 +63,8 @@ def main() -> None:
         data = "-"
         if any(get_task(task).source == "longbench" for task in tasks):
             data = str(write_folder(Path(folder), POOL_RECORDS, words=POOL_WORDS))
-        print(f"{'task':<14}{'bucket':>7}{'tokens':>10}{'fill':>8}{'MB':>7}{'load s':>8}{'build s':>9}{'peak RSS MB':>13}")
+        print(f"{'task':<14}{'bucket':>7}{'tokens':>10}{'fill':>8}{'MB':>7}", end="")
+        print(f"{'load s':>8}{'build s':>9}{'peak RSS MB':>13}")
         for task in tasks:
             for bucket in buckets:
                 command = [sys.executable, "-m", "benchmarks.bench_context", "--one", task, bucket]

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from evaluation.buckets import bucket_tokens
 from evaluation.contexts import build_items
-from evaluation.engines import Engine, EngineError, make_engine
+from evaluation.engines import Engine, EngineError, EngineInfo, make_engine
 from evaluation.errors import InputError
 from evaluation.files import write_json_atomic
 from evaluation.longbench import load_records
@@ -159,7 +159,7 @@ def _scored(item: EvalItem, prediction: str) -> float:
 async def _answer_all(
     items: Sequence[EvalItem],
     engine: Engine,
-    max_input_tokens: int | None,
+    limits: EngineInfo,
     concurrency: int,
     on_done: Callable[[], object],
 ) -> list[ItemResult]:
@@ -173,13 +173,17 @@ async def _answer_all(
 
     async def attempt(item: EvalItem) -> ItemResult:
         unanswered = ItemResult(item.task, item.bucket, item.item_id, item.prompt_tokens)
-        if max_input_tokens is not None and item.prompt_tokens > max_input_tokens:
+        max_new_tokens = get_task(item.task).max_new_tokens
+        if not limits.fits(item.prompt_tokens, max_new_tokens):
             # Don't ship megabytes the engine will refuse: say so with the numbers.
-            limit = f"prompt has {item.prompt_tokens} tokens; the engine accepts at most {max_input_tokens}"
-            return replace(unanswered, error=limit)
+            refusal = (
+                f"prompt has {item.prompt_tokens} tokens (+{max_new_tokens} new); the engine accepts at most "
+                f"{limits.max_input_tokens} input and {limits.max_total_tokens} total tokens"
+            )
+            return replace(unanswered, error=refusal)
         async with gate:
             try:
-                generation = await engine.generate(item.prompt, get_task(item.task).max_new_tokens)
+                generation = await engine.generate(item.prompt, max_new_tokens)
             except EngineError as exc:
                 return replace(unanswered, error=str(exc))
         return replace(
@@ -200,7 +204,7 @@ async def _evaluate(
     try:
         info = await engine.info()
         with tqdm(total=len(items), desc="answering", unit="prompt", file=sys.stderr) as bar:
-            results = await _answer_all(items, engine, info.max_input_tokens, options.concurrency, bar.update)
+            results = await _answer_all(items, engine, info, options.concurrency, bar.update)
     finally:
         await engine.aclose()
     return {"name": engine.name, **asdict(info)}, results

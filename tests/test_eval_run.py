@@ -73,8 +73,8 @@ def test_prompts_over_the_engine_limit_are_not_sent_and_are_reported(
     assert _run(server, tmp_path / "out.json") == 1
     assert not [r for r in server.requests if r.path in {"/", "/generate"}]
     saved = json.loads((tmp_path / "out.json").read_text())
-    assert all("the engine accepts at most 4095" in r["error"] for r in saved["results"])
-    assert "the engine accepts at most 4095" in capsys.readouterr().err
+    assert all("the engine accepts at most 4095 input" in r["error"] for r in saved["results"])
+    assert "the engine accepts at most 4095 input" in capsys.readouterr().err
 
 
 def test_an_engine_that_is_down_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

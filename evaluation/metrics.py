@@ -167,16 +167,22 @@ def first_line(prediction: str) -> str:
     return prediction.lstrip("\n").split("\n")[0]
 
 
-def score_prediction(
-    dataset: str, prediction: str, answers: Sequence[str], all_classes: Sequence[str] | None
-) -> float:
-    """A sample's score in [0, 1], exactly as LongBench's eval.py computes it."""
+def supported_metric(dataset: str) -> str:
+    """The metric name of a dataset quasar can score; InputError for an unknown or unsupported one."""
     metric = metric_for_dataset(dataset)
     if metric not in METRICS:
         raise InputError(
             f"dataset {dataset!r}",
             f"not supported: its metric {metric} segments Chinese with jieba, which quasar does not ship",
         )
+    return metric
+
+
+def score_prediction(
+    dataset: str, prediction: str, answers: Sequence[str], all_classes: Sequence[str] | None
+) -> float:
+    """A sample's score in [0, 1], exactly as LongBench's eval.py computes it."""
+    metric = supported_metric(dataset)
     if dataset in FIRST_LINE_DATASETS:
         prediction = first_line(prediction)
     return METRICS[metric](prediction, answers, all_classes)

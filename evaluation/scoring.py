@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.errors import InputError
-from evaluation.metrics import score_prediction
+from evaluation.metrics import score_prediction, supported_metric
 
 # LongBench-E's length groups, in result.json's order.
 LENGTH_GROUPS = ("0-4k", "4-8k", "8k+")
@@ -147,6 +147,10 @@ def _sample(file: Path, number: int, record: dict[str, Any], default_dataset: st
     dataset = record.get("dataset", default_dataset)
     if not isinstance(dataset, str):
         raise InputError(where, "dataset must be a string")
+    try:
+        supported_metric(dataset)
+    except InputError as error:
+        raise InputError(where, str(error)) from None
     length = record.get("length")
     if length is not None and (isinstance(length, bool) or not isinstance(length, int | float)):
         raise InputError(where, "length must be a number")

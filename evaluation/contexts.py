@@ -43,6 +43,7 @@ _SLACK = 0.0025
 _MAX_ROUNDS = 6
 # Units are tokenised in batches of this many (the Rust backend spreads a batch over all cores).
 _BATCH = 128
+_PICK_BATCH = 8
 # count_long: chunk size, and the text on each side of a seam that decides how the seam tokenises.
 _CHUNK_CHARS = 1 << 16
 _SEAM_CHARS = 256
@@ -145,9 +146,11 @@ class _Stream:
         total = 0
         while total < tokens:
             if len(taken) == len(self._units):
-                self._units.extend(islice(self._source, _BATCH))
-                if len(taken) == len(self._units):
+                # Sources batch their own tokenising; one unit at a time here tokenises no more than needed.
+                unit = next(self._source, None)
+                if unit is None:
                     raise _ShortfallError(total)
+                self._units.append(unit)
             unit = self._units[len(taken)]
             if total + unit.cost > tokens:
                 unit = self._truncated(unit, tokens - total - unit.overhead)
@@ -359,11 +362,17 @@ def _distractors(
     others = [i for name, ids in pool.by_dataset.items() if name != dataset for i in ids if i != gold]
     rng.shuffle(same)
     rng.shuffle(others)
-    order = iter(same + others)
-    while batch := list(islice(order, _BATCH)):
-        kept = [i for i in batch if pattern is None or not pattern.search(pool.docs[i])]
-        for i, tokens in zip(kept, pool.counts(kept), strict=True):
-            yield _Unit(pool.docs[i], tokens, pool.header_tokens)
+    order = [*same, *others]
+    # Batches double (1, 2, 4, ... documents): a small bucket tokenises a few, a large one in parallel.
+    batch: list[int] = []
+    size = 1
+    for n, i in enumerate(order, start=1):
+        if pattern is None or not pattern.search(pool.docs[i]):
+            batch.append(i)
+        if len(batch) >= size or n == len(order):
+            for doc, tokens in zip(batch, pool.counts(batch), strict=True):
+                yield _Unit(pool.docs[doc], tokens, pool.header_tokens)
+            batch, size = [], min(2 * size, _BATCH)
 
 
 def _pick_record(
@@ -374,8 +383,9 @@ def _pick_record(
     random.Random(f"quasar|records|{task.name}|{seed}").shuffle(candidates)
     room = _GOLD_ROOM * (bucket_tokens(bucket) - task.max_new_tokens)
     fitting = -1
-    for start in range(0, len(candidates), _BATCH):
-        batch = candidates[start : start + _BATCH]
+    # Small batches: only records up to the index-th fitting one get tokenised.
+    for start in range(0, len(candidates), _PICK_BATCH):
+        batch = candidates[start : start + _PICK_BATCH]
         for record, tokens in zip(batch, pool.counts([pool.doc_id(r.context) for r in batch]), strict=True):
             if tokens <= room:
                 fitting += 1

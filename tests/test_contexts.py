@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
-from fixtures_longbench import write_folder  # type: ignore[import-not-found]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +15,7 @@ from evaluation.errors import InputError
 from evaluation.longbench import LongBenchRecord, load_records
 from evaluation.tasks import LONGBENCH_TASKS, SYNTHETIC_TASKS, TASKS, EvalItem
 from evaluation.tokenizer import Tokenizer, load_tokenizer
+from tests.fixtures_longbench import write_folder
 
 Records = Mapping[str, Sequence[LongBenchRecord]]
 DOCUMENT = re.compile(r"(?:^|\n\n)Document (\d+):\n")

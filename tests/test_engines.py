@@ -9,7 +9,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -17,12 +17,7 @@ from evaluation.engines import Engine, EngineError, EngineInfo, Generation, make
 from evaluation.errors import InputError
 from evaluation.local_model import LOCAL_MAX_TOTAL_TOKENS, ensure_local_model
 from evaluation.tokenizer import load_tokenizer
-
-# pytest puts tests/ itself on sys.path (the folder is not a package); mypy names the module from the root.
-if TYPE_CHECKING:
-    from tests.fake_tgi import Failure, FakeTGI, tgi_validation_error
-else:
-    from fake_tgi import Failure, FakeTGI, tgi_validation_error
+from tests.fake_tgi import Failure, FakeTGI, tgi_validation_error
 
 T = TypeVar("T")
 

@@ -5,11 +5,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from fixtures_longbench import make_records, write_folder, write_zip  # type: ignore[import-not-found]
 
 from evaluation.errors import InputError
 from evaluation.longbench import LongBenchRecord, load_records, read_jsonl
 from evaluation.tasks import LONGBENCH_TASKS
+from tests.fixtures_longbench import make_records, write_folder, write_zip
 
 GOOD = make_records("trec", 1)[0]
 

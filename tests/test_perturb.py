@@ -2,14 +2,15 @@
 
 import random
 import re
+from typing import cast
 
-from fixtures_longbench import make_records  # type: ignore[import-not-found]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evaluation.metrics import score_prediction
 from evaluation.perturb import perturb, substitute_entities
 from evaluation.tasks import LONGBENCH_METRIC
+from tests.fixtures_longbench import make_records
 
 TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+")
 STORY = (
@@ -63,7 +64,7 @@ def test_substitution_is_a_consistent_renaming(seed: int, picks: list[int]) -> N
 
 def test_classification_answers_are_never_changed() -> None:
     record = make_records("trec", 1)[0]
-    answers = list(record["answers"])
+    answers = [str(answer) for answer in cast(list[object], record["answers"])]
     changed = perturb(
         str(record["context"]), str(record["input"]), answers, "classification", random.Random(0)
     )
@@ -87,7 +88,7 @@ def test_an_answer_without_entities_gets_a_verification_phrase() -> None:
 def test_the_public_answer_scores_at_most_half_on_perturbed_qa_items() -> None:
     for dataset in ("narrativeqa", "qasper", "multifieldqa_en", "triviaqa"):
         for index, raw in enumerate(make_records(dataset, 12, words=150)):
-            answers = [str(a) for a in raw["answers"]]
+            answers = [str(a) for a in cast(list[object], raw["answers"])]
             changed = perturb(
                 str(raw["context"]),
                 str(raw["input"]),

@@ -49,9 +49,9 @@ _CHUNK_CHARS = 1 << 16
 _SEAM_CHARS = 256
 # A LongBench record is used only when its context leaves this share of the bucket's context room free.
 _GOLD_ROOM = 0.9
-# Answers too generic to mark a distractor as leaking them (they occur in any text).
 # Splits a rendered template around its context.
 _SPLIT = "\x00context\x00"
+# Answers too generic to mark a distractor as leaking them (they occur in any text).
 _GENERIC_ANSWERS = frozenset({"yes", "no", "unanswerable", "none", "true", "false"})
 _MIN_CHECKED_ANSWER = 4
 

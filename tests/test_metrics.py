@@ -1,7 +1,5 @@
 """LongBench's metrics against the plain official formulas (tests/longbench_oracle.py) on generated inputs."""
 
-from typing import TYPE_CHECKING
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,12 +19,7 @@ from evaluation.metrics import (
     string_match_part,
 )
 from evaluation.tasks import LONGBENCH_METRIC, SYNTHETIC_TASKS
-
-# pytest puts tests/ itself on sys.path (the folder is not a package); mypy names the module from the root.
-if TYPE_CHECKING:
-    from tests import longbench_oracle as oracle
-else:
-    import longbench_oracle as oracle
+from tests import longbench_oracle as oracle
 
 # Case variants, articles, punctuation glued to words, numbers, code-ish lines and class names.
 TOKENS = [

@@ -1,19 +1,13 @@
 """The fast ROUGE-L against the real `rouge` 1.0.1 package called the LongBench way: the same float."""
 
 import random
-from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evaluation.rouge import MAX_RECON_STEPS, rouge_l_f
-
-# pytest puts tests/ itself on sys.path (the folder is not a package); mypy names the module from the root.
-if TYPE_CHECKING:
-    from tests import longbench_oracle as oracle
-else:
-    import longbench_oracle as oracle
+from tests import longbench_oracle as oracle
 
 # Few words, so that sentences share words and LCS paths branch; dots, blanks and case variants on purpose.
 TOKENS = [

@@ -6,7 +6,7 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,12 +15,7 @@ from evaluation import scoring
 from evaluation.cli import main as cli_main
 from evaluation.errors import InputError
 from evaluation.scoring import numpy_mean, numpy_round2, run_score, score_samples
-
-# pytest puts tests/ itself on sys.path (the folder is not a package); mypy names the module from the root.
-if TYPE_CHECKING:
-    from tests import longbench_oracle as oracle
-else:
-    import longbench_oracle as oracle
+from tests import longbench_oracle as oracle
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "Paris", "red", "Apple", "of", "and", "report", "12", "3"]
 CLASSES = ["City", "Country", "Other location", "location", "Number of something"]

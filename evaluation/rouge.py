@@ -68,9 +68,7 @@ class _Hypothesis:
         offset = 0
         guards = 0
         for words in sentences:
-            local: dict[str, int] = {}
-            for j, word in enumerate(words):
-                local[word] = local.get(word, 0) | (1 << j)
+            local = _position_masks(words)
             for word, bits in local.items():
                 self.masks[word] = self.masks.get(word, 0) | (bits << offset)
             self.local_masks.append(local)
@@ -123,6 +121,7 @@ def union_lcs_size(ref: Sequence[list[str]], hyp: Sequence[list[str]]) -> int | 
 
 
 def _position_masks(words: Sequence[str]) -> dict[str, int]:
+    """word -> bits i where words[i] == word."""
     masks: dict[str, int] = {}
     for i, word in enumerate(words):
         masks[word] = masks.get(word, 0) | (1 << i)

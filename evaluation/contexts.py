@@ -31,7 +31,7 @@ from itertools import islice, pairwise
 from evaluation.buckets import bucket_tokens
 from evaluation.errors import InputError
 from evaluation.longbench import LongBenchRecord
-from evaluation.perturb import perturb
+from evaluation.perturb import mentioned_entities, perturb
 from evaluation.synthetic import make_spec
 from evaluation.tasks import EvalItem, TaskSpec, get_task
 from evaluation.tokenizer import Tokenizer
@@ -444,7 +444,14 @@ def _longbench_item(
         answers=changed.answers,
         all_classes=record.all_classes,
         gold_depth=draft.gold_depth,
+        replaced_entities=_absent(list(changed.substitutions), draft.prompt),
     )
+
+
+def _absent(entities: list[str], prompt: str) -> tuple[str, ...]:
+    """Entities that occur nowhere in the prompt (a distractor document may still name one)."""
+    present = set(mentioned_entities(prompt, entities))
+    return tuple(e for e in entities if e not in present)
 
 
 # ---------------------------------------------------------------------------------------------- public

@@ -12,8 +12,11 @@ model. Two changes, both seeded and fresh per item:
   question asks for it first, and every answer starts with it. A memoriser's answer then misses at least
   half of the expected words.
 
-Limits: classification (trec) answers are class labels and cannot change; summaries (ROUGE-L) change only
-in their names and numbers, so a memorised summary keeps most of its score. See docs/evaluation.md.
+Both leave a trace a memoriser cannot avoid without reading: the public answer names entities that were
+replaced everywhere in the prompt (`mentioned_entities`); evaluation.grading scores such an answer 0.
+
+Limits: classification (trec) answers are class labels and cannot change; a miner that finds the public
+source record and diffs it against the prompt can recover the substitutions. See docs/evaluation.md.
 """
 
 import random
@@ -53,6 +56,14 @@ class Perturbed:
     answers: tuple[str, ...]
     substitutions: Mapping[str, str]  # original token -> surrogate
     phrase: str | None = None  # the verification phrase woven in, if any
+
+
+def mentioned_entities(text: str, entities: Sequence[str]) -> list[str]:
+    """The `entities` that occur in `text` as whole tokens, tokenised as substitution tokenises."""
+    if not entities:
+        return []
+    tokens = set(_TOKEN.findall(text))
+    return [e for e in entities if e in tokens]
 
 
 def perturb(

@@ -21,8 +21,8 @@ from evaluation.contexts import build_items
 from evaluation.engines import Engine, EngineError, EngineInfo, make_engine
 from evaluation.errors import InputError
 from evaluation.files import write_json_atomic
+from evaluation.grading import grade
 from evaluation.longbench import load_records
-from evaluation.metrics import score_prediction
 from evaluation.rewards import RewardRule
 from evaluation.tasks import EvalItem, get_task
 from evaluation.tokenizer import load_tokenizer
@@ -152,10 +152,6 @@ def format_table(summaries: Sequence[CellSummary]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
 
 
-def _scored(item: EvalItem, prediction: str) -> float:
-    return score_prediction(item.task, prediction, item.answers, item.all_classes)
-
-
 async def _answer_all(
     items: Sequence[EvalItem],
     engine: Engine,
@@ -188,7 +184,7 @@ async def _answer_all(
                 return replace(unanswered, error=str(exc))
         return replace(
             unanswered,
-            score=_scored(item, generation.text),
+            score=grade(item, generation.text),
             latency_s=generation.latency_s,
             completion_tokens=generation.completion_tokens,
             prediction=generation.text,

@@ -191,3 +191,6 @@ class EvalItem:
     answers: tuple[str, ...]
     all_classes: tuple[str, ...] | None = None
     gold_depth: float | None = None  # where the gold document or needle sits, 0.0 (start) to 1.0 (end)
+    # Entities of the public LongBench record that were substituted away and occur nowhere in `prompt`:
+    # an answer naming one came from memory, not from the context (see evaluation.grading).
+    replaced_entities: tuple[str, ...] = ()

@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.errors import InputError
+from evaluation.files import write_text_atomic
 from evaluation.metrics import score_prediction, supported_metric
 
 # LongBench-E's length groups, in result.json's order.
@@ -70,10 +70,10 @@ def run_score(path: Path, *, longbench_e: bool, per_sample: Path | None, output:
         else dataset_results(order, samples, scores)
     )
     if per_sample is not None:
-        write_atomic(per_sample, per_sample_lines(samples, scores))
+        write_text_atomic(per_sample, per_sample_lines(samples, scores))
     result_path = output if output is not None else (path if path.is_dir() else path.parent) / "result.json"
     # eval.py: json.dump(scores, f, ensure_ascii=False, indent=4), no trailing newline.
-    write_atomic(result_path, json.dumps(result, ensure_ascii=False, indent=4))
+    write_text_atomic(result_path, json.dumps(result, ensure_ascii=False, indent=4))
     print(format_table(result, samples))
     print(f"wrote {result_path}")
     return 0
@@ -292,20 +292,6 @@ def per_sample_lines(samples: Sequence[Sample], scores: Sequence[float]) -> str:
         + "\n"
         for sample, score in zip(samples, scores, strict=True)
     )
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write the whole file or nothing: a temp file beside it, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    ) as handle:
-        handle.write(text)
-    try:
-        os.replace(handle.name, path)
-    except OSError:
-        os.unlink(handle.name)
-        raise
 
 
 def format_table(result: dict[str, Any], samples: Sequence[Sample]) -> str:

@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.bench_context [--tokenizer NAME_OR_PATH] [--tasks niah_single,qasper]
 
 Each build runs in a fresh process, so its peak RSS is its own (interpreter, tokenizer and, for LongBench
-tasks, the loaded records included). LongBench tasks use a generated pool (tests/fixtures_longbench.py)
+tasks, the loaded records included). LongBench tasks use a generated pool (evaluation/demo_data.py)
 of about 3.5M tokens, written once to a temporary folder; loading it is timed apart from the build.
 Target: the 2m bucket (2,097,152 tokens) under 10 s and 1 GB.
 """
@@ -19,10 +19,10 @@ from pathlib import Path
 
 from evaluation.buckets import BUCKETS
 from evaluation.contexts import build_item
+from evaluation.demo_data import write_folder
 from evaluation.longbench import load_records
 from evaluation.tasks import get_task
 from evaluation.tokenizer import load_tokenizer
-from tests.fixtures_longbench import write_folder
 
 POOL_RECORDS, POOL_WORDS = 40, 8000
 

@@ -7,7 +7,7 @@ graded as validators grade (evaluation.grading.grade: LongBench's metric against
 0 for an answer naming an entity that was substituted out of the context):
 - memoriser: answers with the public LongBench answer (the record's first answer), reading nothing;
 - reader: answers with the first perturbed answer, as a model reading the context perfectly would.
-Without --data the records are generated ones (tests/fixtures_longbench.py), so the figures show how the
+Without --data the records are generated ones (evaluation/demo_data.py), so the figures show how the
 method behaves on LongBench-shaped data; run it on LongBench's data.zip for the real gap.
 """
 
@@ -17,12 +17,12 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from evaluation.demo_data import write_folder
 from evaluation.grading import grade
 from evaluation.longbench import load_records
 from evaluation.metrics import score_prediction
 from evaluation.perturb import perturb
 from evaluation.tasks import LONGBENCH_TASKS, EvalItem, get_task
-from tests.fixtures_longbench import write_folder
 
 
 def _row(dataset: str, records: list[tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]) -> str:

@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 from evaluation.buckets import BUCKETS
 from evaluation.contexts import FILL_TOLERANCE, build_item, build_items, count_joined, count_long
+from evaluation.demo_data import write_folder
 from evaluation.errors import InputError
 from evaluation.longbench import LongBenchRecord, load_records
 from evaluation.tasks import LONGBENCH_TASKS, SYNTHETIC_TASKS, TASKS, EvalItem
 from evaluation.tokenizer import Tokenizer, load_tokenizer
-from tests.fixtures_longbench import write_folder
 
 Records = Mapping[str, Sequence[LongBenchRecord]]
 DOCUMENT = re.compile(r"(?:^|\n\n)Document (\d+):\n")

@@ -6,13 +6,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from evaluation.contexts import build_item
+from evaluation.demo_data import write_folder
 from evaluation.grading import grade
 from evaluation.longbench import load_records
 from evaluation.metrics import score_prediction
 from evaluation.perturb import mentioned_entities
 from evaluation.tasks import EvalItem
 from evaluation.tokenizer import load_tokenizer
-from tests.fixtures_longbench import write_folder
 
 TOKENS = ["Xab", "Xabc", "19", "190", "1,09", "cab"]
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.demo_data import make_records, write_folder, write_zip
 from evaluation.errors import InputError
 from evaluation.longbench import LongBenchRecord, load_records, read_jsonl
 from evaluation.tasks import LONGBENCH_TASKS
-from tests.fixtures_longbench import make_records, write_folder, write_zip
 
 GOOD = make_records("trec", 1)[0]
 

@@ -7,10 +7,10 @@ from typing import cast
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from evaluation.demo_data import make_records
 from evaluation.metrics import score_prediction
 from evaluation.perturb import perturb, substitute_entities
 from evaluation.tasks import LONGBENCH_METRIC
-from tests.fixtures_longbench import make_records
 
 TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+")
 STORY = (

@@ -1,10 +1,13 @@
-"""LongBench-schema JSONL fixtures: generated records for the eight served datasets, no download needed.
+"""LongBench-shaped records generated offline, for the eight served datasets: no download needed.
+
+Where real LongBench data cannot be had (mock mode, tests, benchmarks on machines without the Hub), these
+stand in for it. They are not LongBench: scores on them say nothing about a model's LongBench results.
 
 Records follow LongBench v1's schema exactly (input, context, answers, length, dataset, language,
 all_classes, _id) and its layouts: stories, papers, reports, meeting transcripts, numbered news passages,
 few-shot trec and triviaqa lists. Names, places and numbers are made up per record (pseudo-words, so they
 rarely repeat across records) and QA answers occur in the context, so perturbation and distractor checks
-have something to act on. Also used by the benchmarks, to build a pool big enough for 2M-token contexts.
+have something to act on. The benchmarks use them to build a pool big enough for 2M-token contexts.
 """
 
 import json

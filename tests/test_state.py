@@ -1,0 +1,74 @@
+"""Validator state: round trip, atomic writes, and clear errors for corrupt or foreign files."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from neurons import state as state_module
+from neurons.state import SCHEMA_VERSION, StateError, ValidatorState
+
+
+def _state() -> ValidatorState:
+    return ValidatorState(
+        netuid=7,
+        hotkey="5Validator",
+        round=12,
+        last_weights_block=340,
+        hotkeys={1: "5A", 2: "5B"},
+        bucket_scores={"32k": {1: 0.5, 2: 0.25}, "124k": {1: 0.125}},
+        combined={1: 0.3125, 2: 0.125},
+    )
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    state_module.save(path, _state())
+    assert state_module.load(path, 7, "5Validator") == _state()
+    assert json.loads(path.read_text())["schema"] == SCHEMA_VERSION
+
+
+def test_missing_file_is_a_fresh_state(tmp_path: Path) -> None:
+    assert state_module.load(tmp_path / "none.json", 7, "5V") == ValidatorState(7, "5V")
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "state.json"
+    state_module.save(path, _state())
+
+    def crash(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    changed = _state()
+    changed.round = 13
+    with pytest.raises(OSError, match="disk full"):
+        state_module.save(path, changed)
+    monkeypatch.undo()
+    assert state_module.load(path, 7, "5Validator").round == 12
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left behind
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{not json", "unreadable or corrupt"),
+        ("[1, 2]", "not a JSON object"),
+        (json.dumps({**_state().to_json(), "schema": 99}), "schema version 99"),
+        (json.dumps({**_state().to_json(), "netuid": 8}), "belongs to netuid 8, not 7"),
+        (json.dumps({**_state().to_json(), "hotkey": "5Other"}), "belongs to validator hotkey '5Other'"),
+        (json.dumps({**_state().to_json(), "combined": {"1": "high"}}), "combined.1 must be a finite number"),
+        (json.dumps({**_state().to_json(), "round": -1}), "round must be a non-negative integer"),
+        (json.dumps({k: v for k, v in _state().to_json().items() if k != "hotkeys"}), "corrupt"),
+    ],
+)
+def test_corrupt_or_foreign_files_are_reported_never_reset(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(content)
+    with pytest.raises(StateError, match=problem) as caught:
+        state_module.load(path, 7, "5Validator")
+    assert str(path) in str(caught.value)
+    assert path.read_text() == content  # left as it was, for the operator to inspect

@@ -261,7 +261,7 @@ class OpenAIEngine(_HTTPEngine):
 
 
 @dataclass(frozen=True)
-class _Loaded:
+class LoadedModel:
     tokenizer: Any  # transformers tokenizer
     model: Any  # transformers causal LM, in eval mode on its device
     max_total_tokens: int | None
@@ -277,7 +277,7 @@ class LocalEngine:
         self._source = model or str(ensure_local_model())
         self.name = f"local:{self._source}"
         self._timeout_s = timeout_s
-        self._loaded: _Loaded | None = None
+        self._loaded: LoadedModel | None = None
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
 
@@ -298,10 +298,10 @@ class LocalEngine:
     async def aclose(self) -> None:
         self._loaded = None
 
-    def _load(self) -> _Loaded:
+    def _load(self) -> LoadedModel:
         with self._load_lock:
             if self._loaded is None:
-                self._loaded = _load_local(self.name, self._source)
+                self._loaded = load_local_model(self.name, self._source)
             return self._loaded
 
     def _generate(self, prompt: str, max_new_tokens: int) -> tuple[str, int, int]:
@@ -332,7 +332,7 @@ class LocalEngine:
         return loaded.tokenizer.decode(new_tokens, skip_special_tokens=True), len(ids), len(new_tokens)
 
 
-def _load_local(name: str, source: str) -> _Loaded:
+def load_local_model(name: str, source: str) -> LoadedModel:
     """Tokenizer and model, on CUDA in bfloat16 when there is a GPU, else on CPU in float32."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -353,7 +353,7 @@ def _load_local(name: str, source: str) -> _Loaded:
     tokenizer, model = _from_folder_cache_or_hub(name, source, load)
     model.to("cuda" if cuda else "cpu").eval()
     # The built-in model's limit is LOCAL_MAX_TOTAL_TOKENS, set as its max_position_embeddings.
-    return _Loaded(tokenizer, model, getattr(model.config, "max_position_embeddings", None))
+    return LoadedModel(tokenizer, model, getattr(model.config, "max_position_embeddings", None))
 
 
 def _from_folder_cache_or_hub(

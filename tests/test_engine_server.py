@@ -1,0 +1,257 @@
+"""The local engine server (`quasar engine serve`) over real HTTP on 127.0.0.1, through the same TGI client
+the miner uses (evaluation.engines.make_engine("tgi", ...)), on the tiny model."""
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx2
+import pytest
+from huggingface_hub import AsyncInferenceClient
+
+from evaluation.engines import EngineError, EngineInfo, Generation, make_engine
+from evaluation.local_model import ensure_local_model
+from neurons.engine_server import RunningEngineServer, main, start_engine_server
+
+T = TypeVar("T")
+MAX_INPUT_TOKENS = 3000
+MAX_TOTAL_TOKENS = 4096
+PAYLOAD_LIMIT = 1_000_000
+PROMPT = "Below is a long text with some special facts hidden in it.\n\nQuestion: what is the key?\nAnswer:"
+
+
+class HostedServer:
+    """The engine server on an event loop of its own, in a thread: each test drives it with asyncio.run,
+    as the neurons' own clients would from another process."""
+
+    def __init__(self, model: Path) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="engine-server", daemon=True)
+        self._thread.start()
+        start = start_engine_server(
+            str(model),
+            max_input_tokens=MAX_INPUT_TOKENS,
+            max_total_tokens=MAX_TOTAL_TOKENS,
+            payload_limit=PAYLOAD_LIMIT,
+            shutdown_timeout_s=1.0,
+        )
+        self.running: RunningEngineServer = asyncio.run_coroutine_threadsafe(start, self._loop).result(60)
+        self.url = self.running.url
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.running.stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+@pytest.fixture(scope="session")
+def local_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # The session cache the other test modules use: the tiny model is built once per run.
+    return ensure_local_model(tmp_path_factory.getbasetemp() / "quasar-cache" / "local-model-v1")
+
+
+@pytest.fixture(scope="module")
+def server(local_model: Path) -> Iterator[HostedServer]:
+    hosted = HostedServer(local_model)
+    yield hosted
+    hosted.close()
+
+
+def with_engine(server: HostedServer, use: Callable[[Any], Awaitable[T]], timeout_s: float = 30.0) -> T:
+    async def run() -> T:
+        engine = make_engine("tgi", server.url, None, timeout_s)
+        try:
+            return await use(engine)
+        finally:
+            await engine.aclose()
+
+    return asyncio.run(run())
+
+
+def metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
+def test_generate_matches_the_in_process_local_engine(server: HostedServer, local_model: Path) -> None:
+    served: Generation = with_engine(server, lambda e: e.generate(PROMPT, 8))
+    again: Generation = with_engine(server, lambda e: e.generate(PROMPT, 8))
+    local = make_engine("local", None, str(local_model), 60.0)
+    in_process = asyncio.run(local.generate(PROMPT, 8))
+    assert served.text == again.text == in_process.text  # greedy, and the same model path
+    assert served.completion_tokens == in_process.completion_tokens
+    assert served.completion_tokens is not None
+    assert 1 <= served.completion_tokens <= 8
+
+
+def test_generate_answers_in_tgi_shapes(server: HostedServer) -> None:
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 5, "details": True, "do_sample": False}}
+    answer = httpx2.post(server.url + "/generate", json=body, timeout=30)
+    listed = httpx2.post(server.url + "/", json=body, timeout=30)
+    assert answer.status_code == listed.status_code == 200
+    result = answer.json()
+    assert listed.json() == [result]  # TGI answers a one-element list at /
+    details = result["details"]
+    assert details["finish_reason"] in ("length", "eos_token")
+    assert details["generated_tokens"] == len(details["tokens"]) <= 5
+    assert (
+        "".join(token["text"] for token in details["tokens"] if not token["special"])
+        == (result["generated_text"])
+    )
+    assert int(answer.headers["x-generated-tokens"]) == details["generated_tokens"]
+    assert int(answer.headers["x-prompt-tokens"]) > 10
+
+
+def test_info_reports_the_limits(server: HostedServer, local_model: Path) -> None:
+    info = with_engine(server, lambda e: e.info())
+    assert info == EngineInfo(str(local_model), MAX_INPUT_TOKENS, MAX_TOTAL_TOKENS)
+
+
+def test_prompts_over_the_limits_are_refused_with_the_numbers(server: HostedServer) -> None:
+    too_long = "the" + " the" * MAX_INPUT_TOKENS  # one token per word
+    given = MAX_INPUT_TOKENS + 1
+    with pytest.raises(
+        EngineError, match=rf"HTTP 422: .*less than {MAX_INPUT_TOKENS} tokens. Given: {given}"
+    ):
+        with_engine(server, lambda e: e.generate(too_long, 8))
+    expected = (
+        rf"HTTP 422: .*must be <= {MAX_TOTAL_TOKENS}. Given: \d+ `inputs` tokens and 2000 `max_new_tokens`"
+    )
+    with pytest.raises(EngineError, match=expected):
+        with_engine(server, lambda e: e.generate("the" + " the" * 2500, 2000))
+
+
+def test_bad_requests_get_tgi_errors(server: HostedServer) -> None:
+    sampled = {"inputs": PROMPT, "parameters": {"do_sample": True}}
+    answer = httpx2.post(server.url + "/generate", json=sampled, timeout=30)
+    assert answer.status_code == 422
+    assert answer.json()["error_type"] == "validation"
+    assert "decodes greedily" in answer.json()["error"]
+    empty = httpx2.post(server.url + "/generate", json={"inputs": ""}, timeout=30)
+    assert empty.json() == {
+        "error": "Input validation error: `inputs` cannot be empty",
+        "error_type": "validation",
+    }
+    huge = {"inputs": "x" * PAYLOAD_LIMIT}
+    assert httpx2.post(server.url + "/generate", json=huge, timeout=30).status_code == 413
+
+
+def test_generate_stream_sends_one_event_per_token(server: HostedServer) -> None:
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 6, "details": True}}
+    answer = httpx2.post(server.url + "/generate_stream", json=body, timeout=30)
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    events = [line for line in answer.text.split("\n\n") if line.startswith("data:")]
+    assert 1 <= len(events) <= 6
+    whole = httpx2.post(server.url + "/generate", json=body, timeout=30).json()
+    last = httpx2.Response(200, content=events[-1].removeprefix("data:")).json()
+    assert last["generated_text"] == whole["generated_text"]
+    assert last["details"]["generated_tokens"] == len(events)
+
+
+def test_the_tgi_client_streams_tokens(server: HostedServer) -> None:
+    async def stream() -> list[Any]:
+        # What a miner streaming through huggingface_hub does: POST / with "stream": true.
+        client = AsyncInferenceClient(base_url=server.url)
+        async with httpx2.AsyncClient() as session:  # not the library's session: HF_HUB_OFFLINE blocks it
+            client._async_client = session
+            outputs = await client.text_generation(PROMPT, max_new_tokens=5, details=True, stream=True)
+            return [output async for output in outputs]
+
+    outputs = asyncio.run(stream())
+    assert outputs
+    assert outputs[-1].generated_text == "".join(o.token.text for o in outputs if not o.token.special)
+    assert outputs[-1].details is not None
+    assert outputs[-1].details.generated_tokens == len(outputs)
+
+
+def test_requests_wait_in_a_queue_while_health_and_metrics_answer(server: HostedServer) -> None:
+    async def scenario() -> tuple[float, float, list[Generation]]:
+        engine = make_engine("tgi", server.url, None, 60.0)
+        prompt = "the" + " the" * 1500
+        calls = [asyncio.create_task(engine.generate(prompt, 256)) for _ in range(3)]
+        most_queued, slowest_health = 0.0, 0.0
+        async with httpx2.AsyncClient(base_url=server.url) as client:
+            while not all(call.done() for call in calls):
+                start = time.perf_counter()
+                assert (await client.get("/health")).status_code == 200
+                slowest_health = max(slowest_health, time.perf_counter() - start)
+                metrics = (await client.get("/metrics")).text
+                most_queued = max(most_queued, metric(metrics, "tgi_queue_size"))
+                await asyncio.sleep(0.01)
+            assert metric((await client.get("/metrics")).text, "tgi_queue_size") == 0
+        results = [await call for call in calls]
+        await engine.aclose()
+        return most_queued, slowest_health, results
+
+    most_queued, slowest_health, results = asyncio.run(scenario())
+    assert most_queued >= 1
+    assert slowest_health < 1.0
+    assert len({result.text for result in results}) == 1
+
+
+def test_an_abandoned_request_frees_the_model(server: HostedServer) -> None:
+    with pytest.raises(EngineError, match="timeout"):
+        with_engine(server, lambda e: e.generate("the" + " the" * 2000, 2000), timeout_s=0.3)
+    start = time.perf_counter()
+    quick: Generation = with_engine(server, lambda e: e.generate(PROMPT, 2))
+    assert quick.completion_tokens is not None
+    assert time.perf_counter() - start < 5.0  # not behind the abandoned 2000-token generation
+    metrics = httpx2.get(server.url + "/metrics", timeout=30).text
+    assert metric(metrics, "tgi_batch_current_size") == 0
+    assert metric(metrics, "tgi_queue_size") == 0
+
+
+def test_the_serve_command_runs_until_sigterm(local_model: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from neurons.engine_server import main; sys.exit(main(sys.argv[1:], 'engine'))",
+    ]
+    args = ["serve", "--model", str(local_model), "--port", str(port), "--max-total-tokens", "2048"]
+    process = subprocess.Popen(command + args, cwd=Path(__file__).parents[1], env=os.environ.copy())
+    try:
+        info = _wait_for(f"http://127.0.0.1:{port}/info", process)
+        assert (info["max_input_tokens"], info["max_total_tokens"]) == (2047, 2048)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
+        process.wait(30)
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes]) -> Any:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the server exited"
+        try:
+            return httpx2.get(url, timeout=5).json()
+        except httpx2.TransportError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer")
+
+
+def test_bad_flags_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["serve", "--max-total-tokens", "0"], "quasar engine")
+    assert exit.value.code == 2
+    assert "must be positive" in capsys.readouterr().err
+
+
+def test_inconsistent_limits_are_an_error(local_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    limits = ["--max-input-tokens", "10", "--max-total-tokens", "10"]
+    assert main(["serve", "--model", str(local_model), "--port", "0", *limits], "quasar engine") == 1
+    assert "max input tokens (10) must be < max total tokens (10)" in capsys.readouterr().err

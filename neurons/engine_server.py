@@ -17,13 +17,14 @@ and the other options that would change the answer are refused with a 422 rather
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ DEFAULT_PAYLOAD_LIMIT = 64 * 1024 * 1024  # bytes: a 2M-token prompt is ~8 MB of
 # TGI's cap on max_new_tokens when a request gives none (it then fills up to max_total_tokens otherwise).
 DEFAULT_GENERATION_LENGTH = 1024
 VERSION = "quasar-local-engine-1"
+MAX_CONCURRENT_REQUESTS = 128  # TGI's default: more requests waiting or running get a 429
 PAYLOAD_TOO_LARGE = "Failed to buffer the request body: length limit exceeded"  # TGI's (axum's) text
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Parameters that would make TGI answer differently from greedy decoding of the whole prompt: refused,
@@ -60,6 +62,10 @@ _NEUTRAL_PARAMETERS: dict[str, tuple[Any, ...]] = {
     "top_n_tokens": (None, 0),
     "decoder_input_details": (None, False),
 }
+
+
+class OverloadedError(Exception):
+    """More requests in flight than MAX_CONCURRENT_REQUESTS: TGI answers 429."""
 
 
 class InvalidRequestError(Exception):
@@ -148,13 +154,15 @@ class _TokenRecorder:
 class _Cancelled:
     """Stopping criterion: ends decoding once the request is abandoned (client gone, server stopping)."""
 
-    def __init__(self, stopped: Callable[[], bool]) -> None:
-        self._stopped = stopped
+    def __init__(self, cancel: threading.Event) -> None:
+        self._cancel = cancel
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        return torch.full((input_ids.shape[0],), self._stopped(), dtype=torch.bool, device=input_ids.device)
+        return torch.full(
+            (input_ids.shape[0],), self._cancel.is_set(), dtype=torch.bool, device=input_ids.device
+        )
 
 
 class Generator:
@@ -173,7 +181,7 @@ class Generator:
         return ids
 
     def generate(
-        self, job: Job, on_token: Callable[[Token], None], stopped: Callable[[], bool]
+        self, job: Job, on_token: Callable[[Token], None], cancel: threading.Event
     ) -> tuple[list[Token], str, str]:
         """Tokens, generated text and finish reason."""
         import torch
@@ -189,7 +197,7 @@ class Generator:
                 do_sample=False,
                 pad_token_id=self._tokenizer.pad_token_id or self._eos_id,
                 logits_processor=LogitsProcessorList([recorder]),
-                stopping_criteria=StoppingCriteriaList([_Cancelled(stopped)]),
+                stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
                 streamer=recorder,
             )
         text = self._tokenizer.decode(recorder.ids, skip_special_tokens=True)
@@ -270,7 +278,6 @@ class EngineServer:
         self.metrics = _Metrics(max_input_tokens, max_total_tokens)
         self._turn = asyncio.Lock()  # one generation at a time; asyncio.Lock wakes waiters in order
         self._waiting = 0
-        self._abandon = threading.Event()  # set when the server stops: running generations end early
 
     def app(self) -> web.Application:
         # The payload limit is enforced in _read_body with TGI's message; this only bounds memory.
@@ -281,11 +288,7 @@ class EngineServer:
         app.router.add_get("/info", self._info)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
-        app.on_shutdown.append(self._on_shutdown)
         return app
-
-    async def _on_shutdown(self, app: web.Application) -> None:
-        self._abandon.set()
 
     # --- handlers
 
@@ -312,7 +315,7 @@ class EngineServer:
                 "model_id": self.model_id,
                 "model_sha": None,
                 "model_pipeline_tag": "text-generation",
-                "max_concurrent_requests": 128,
+                "max_concurrent_requests": MAX_CONCURRENT_REQUESTS,
                 "max_best_of": 1,
                 "max_stop_sequences": 0,
                 "max_input_tokens": self.max_input_tokens,
@@ -413,6 +416,8 @@ class EngineServer:
             return self._fail(_error_response(422, f"Input validation error: {failure}", "validation"))
         try:
             outcome = await self._run(job, on_token=None)
+        except OverloadedError as error:
+            return self._fail(_error_response(429, str(error), "overloaded"), "overloaded")
         except Exception as error:  # a model failure (out of memory, ...): TGI answers 424 and serves on
             return self._fail(_generation_error(error), "generation")
         total_s = self._succeeded(outcome, start)
@@ -443,11 +448,13 @@ class EngineServer:
             error = {"error": f"Input validation error: {failure}", "error_type": "validation"}
             await response.write(_event(error))
             return response
-        async for event in self._stream_events(job, start):
-            await response.write(_event(event))
+        # aclosing: a client that hangs up ends the generation now, not when the generator is collected.
+        async with contextlib.aclosing(self._stream_events(job, start)) as events:
+            async for event in events:
+                await response.write(_event(event))
         return response
 
-    async def _stream_events(self, job: Job, start: float) -> AsyncIterator[dict[str, Any]]:
+    async def _stream_events(self, job: Job, start: float) -> AsyncGenerator[dict[str, Any], None]:
         """The events of one streamed generation. Each token is sent once the next one exists, since the
         last token's event is the one that carries the full text."""
         loop = asyncio.get_running_loop()
@@ -469,22 +476,17 @@ class EngineServer:
                 held = token
             try:
                 outcome = work.result()
-            except Exception as error:
+            except OverloadedError as error:
+                self.metrics.counts.failures["overloaded"] += 1
+                yield {"error": str(error), "error_type": "overloaded"}
+                return
+            except Exception as error:  # a model failure: reported in the stream, as TGI does
                 self.metrics.counts.failures["generation"] += 1
                 yield {"error": f"Request failed during generation: {error}", "error_type": "generation"}
                 return
             self._succeeded(outcome, start)
             if held is not None:
-                final = _stream_token(index + 1, held)
-                final["generated_text"] = outcome.text
-                if job.details:
-                    final["details"] = {
-                        "finish_reason": outcome.finish_reason,
-                        "generated_tokens": len(outcome.tokens),
-                        "seed": None,
-                        "input_length": len(job.ids),
-                    }
-                yield final
+                yield _stream_end(index + 1, held, job, outcome)
         finally:
             if not work.done():  # the client went away: stop the generation and free the model
                 work.cancel()
@@ -494,6 +496,8 @@ class EngineServer:
         """Wait for the model's turn, then generate in a worker thread (the event loop keeps serving
         /health and /metrics meanwhile)."""
         queued = time.perf_counter()
+        if self._waiting + self._turn.locked() >= MAX_CONCURRENT_REQUESTS:
+            raise OverloadedError("Model is overloaded")
         self._waiting += 1
         self.metrics.queue_size.set(self._waiting)
         try:
@@ -517,11 +521,7 @@ class EngineServer:
 
     async def _in_thread(self, job: Job, on_token: Callable[[Token], None]) -> tuple[list[Token], str, str]:
         cancel = threading.Event()
-
-        def stopped() -> bool:
-            return cancel.is_set() or self._abandon.is_set()
-
-        work = asyncio.ensure_future(asyncio.to_thread(self._generator.generate, job, on_token, stopped))
+        work = asyncio.ensure_future(asyncio.to_thread(self._generator.generate, job, on_token, cancel))
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -575,6 +575,20 @@ def _stream_token(index: int, token: Token) -> dict[str, Any]:
         "generated_text": None,
         "details": None,
     }
+
+
+def _stream_end(index: int, token: Token, job: Job, outcome: Outcome) -> dict[str, Any]:
+    """The last token's event: it also carries the whole text and, if asked for, the details."""
+    event = _stream_token(index, token)
+    event["generated_text"] = outcome.text
+    if job.details:
+        event["details"] = {
+            "finish_reason": outcome.finish_reason,
+            "generated_tokens": len(outcome.tokens),
+            "seed": None,
+            "input_length": len(job.ids),
+        }
+    return event
 
 
 def _event(payload: dict[str, Any]) -> bytes:

@@ -255,3 +255,38 @@ def test_inconsistent_limits_are_an_error(local_model: Path, capsys: pytest.Capt
     limits = ["--max-input-tokens", "10", "--max-total-tokens", "10"]
     assert main(["serve", "--model", str(local_model), "--port", "0", *limits], "quasar engine") == 1
     assert "max input tokens (10) must be < max total tokens (10)" in capsys.readouterr().err
+
+
+def test_a_stream_left_early_frees_the_model(server: HostedServer) -> None:
+    async def leave_early() -> None:
+        body = {"inputs": "the" + " the" * 2000, "parameters": {"max_new_tokens": 2000}}
+        async with (
+            httpx2.AsyncClient(base_url=server.url, timeout=30) as client,
+            client.stream("POST", "/generate_stream", json=body) as events,
+        ):
+            async for line in events.aiter_lines():
+                if line.startswith("data:"):
+                    return  # hang up after the first token
+
+    asyncio.run(leave_early())
+    start = time.perf_counter()
+    with_engine(server, lambda e: e.generate(PROMPT, 2))
+    assert time.perf_counter() - start < 5.0
+
+
+def test_too_many_requests_in_flight_are_refused(
+    server: HostedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("neurons.engine_server.MAX_CONCURRENT_REQUESTS", 1)
+
+    async def two_at_once() -> list[int]:
+        async with httpx2.AsyncClient(base_url=server.url, timeout=30) as client:
+            long = {"inputs": "the" + " the" * 1000, "parameters": {"max_new_tokens": 200}}
+            first = asyncio.create_task(client.post("/generate", json=long))
+            while metric((await client.get("/metrics")).text, "tgi_batch_current_size") == 0:
+                await asyncio.sleep(0.005)
+            second = await client.post("/generate", json={"inputs": PROMPT})
+            assert second.json() == {"error": "Model is overloaded", "error_type": "overloaded"}
+            return [(await first).status_code, second.status_code]
+
+    assert asyncio.run(two_at_once()) == [200, 429]

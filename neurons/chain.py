@@ -6,13 +6,19 @@ weight limits. `BittensorChain` implements it over bittensor 11; `FakeChain` is 
 that tests and mock mode share, strict in the ways the real chain is strict.
 """
 
+import asyncio
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import bittensor
+from bittensor.intents.serving import ServeAxon
+from bittensor.intents.weights import SetWeights
 from bittensor.keyfiles import KeyfileError
+from bittensor.metagraph import Metagraph, MetagraphNeuron
+from bittensor.settings import DEFAULT_NETWORK, U16_MAX, resolve_endpoint
 
 
 class ChainError(Exception):
@@ -207,6 +213,138 @@ class FakeChainView:
 
     async def weight_limits(self) -> WeightLimits:
         return self.ledger.limits
+
+
+class BittensorChain:
+    """The real chain through bittensor 11's async Client, bound to `wallet`'s hotkey and `netuid`.
+
+    Construction only checks the settings; the connection opens on the first call and is kept. Every
+    failure, including a call that takes longer than `timeout_s`, surfaces as ChainError so that the
+    neurons can retry and keep working while the chain is unreachable.
+    """
+
+    def __init__(
+        self,
+        wallet: bittensor.Wallet,
+        network: str | None,
+        chain_endpoint: str | None,
+        netuid: int,
+        timeout_s: float = 120.0,
+    ) -> None:
+        self.wallet = wallet
+        self.netuid = netuid
+        self.timeout_s = timeout_s
+        # An explicit endpoint wins over the network name, as with the seed's --subtensor.* flags.
+        self.network, self.endpoint = _resolve(chain_endpoint or network or DEFAULT_NETWORK)
+        try:
+            self.hotkey: str = wallet.hotkey.ss58_address
+        except (OSError, KeyfileError, bittensor.BittensorError, ValueError) as exc:
+            raise ChainError(f"cannot load the hotkey of {wallet}: {exc}") from exc
+        self._client: bittensor.Client | None = None
+        self._connecting = asyncio.Lock()
+
+    async def snapshot(self) -> MetagraphSnapshot:
+        async with self._failures("read the metagraph"):
+            client = await self._connected()
+            metagraph = await client.subnets.metagraph(self.netuid, commitments=False)
+        if metagraph is None:
+            raise ChainError(f"subnet {self.netuid} does not exist on {self.network}")
+        return snapshot_from_metagraph(metagraph)
+
+    async def serve(self, ip: str, port: int) -> None:
+        async with self._failures(f"serve {ip}:{port}"):
+            client = await self._connected()
+            result = await client.execute(ServeAxon(netuid=self.netuid, ip=ip, port=port), self.wallet)
+            result.raise_for_failure()
+
+    async def set_weights(self, uids: Sequence[int], weights: Sequence[float]) -> None:
+        async with self._failures("set weights"):
+            client = await self._connected()
+            # SetWeights clips to max_weight, quantises to u16 and preflights registration and the rate limit.
+            intent = SetWeights(netuid=self.netuid, uids=list(uids), weights=list(weights))
+            result = await client.execute(intent, self.wallet)
+            result.raise_for_failure()
+
+    async def weight_limits(self) -> WeightLimits:
+        async with self._failures("read the weight limits"):
+            client = await self._connected()
+            hyper = client.hyperparameters
+            max_weight, min_weights, rate_limit = await asyncio.gather(
+                hyper.max_weight_limit(self.netuid),
+                hyper.min_allowed_weights(self.netuid),
+                hyper.weights_rate_limit(self.netuid),
+            )
+        return WeightLimits(
+            max_weight=int(max_weight) / U16_MAX,
+            min_allowed_weights=int(min_weights),
+            rate_limit_blocks=int(rate_limit),
+        )
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            async with self._failures("close the connection"):
+                await client.close()
+
+    async def _connected(self) -> bittensor.Client:
+        async with self._connecting:
+            if self._client is None:
+                # Only a connected client is kept, so the next call retries a failed connection.
+                self._client = await bittensor.Client(self.endpoint).connect()
+            return self._client
+
+    @contextlib.asynccontextmanager
+    async def _failures(self, action: str) -> AsyncIterator[None]:
+        """Bounds the call by timeout_s and turns whatever goes wrong into ChainError."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                yield
+        except TimeoutError:
+            raise ChainError(f"{action}: no answer from {self.endpoint} within {self.timeout_s:g}s") from None
+        except ChainError:
+            raise
+        # The SDK's transport stack raises errors of many kinds (websocket, SCALE decoding, the SDK's
+        # own); to the neurons each is the same event, a chain call that failed and may be retried.
+        except Exception as exc:
+            raise ChainError(f"{action} on netuid {self.netuid}: {type(exc).__name__}: {exc}") from exc
+
+
+def _resolve(target: str) -> tuple[str, str]:
+    try:
+        return resolve_endpoint(target)
+    except ValueError as exc:
+        raise ChainError(str(exc)) from None
+
+
+def snapshot_from_metagraph(metagraph: Metagraph) -> MetagraphSnapshot:
+    return MetagraphSnapshot(
+        netuid=metagraph.netuid,
+        block=metagraph.block,
+        neurons=tuple(neuron_from_metagraph(neuron) for neuron in metagraph.neurons),
+    )
+
+
+def neuron_from_metagraph(neuron: MetagraphNeuron) -> Neuron:
+    return Neuron(
+        uid=neuron.uid,
+        hotkey=neuron.hotkey,
+        # Total stake in the subnet's alpha units (what the chain ranks validator permits by); `.tao`
+        # would refuse an alpha balance, `.amount` is the plain number in the balance's own unit.
+        stake=float(neuron.total_stake.amount),
+        validator_permit=neuron.validator_permit,
+        endpoint=parse_endpoint(neuron.axon),
+    )
+
+
+def parse_endpoint(axon: str | None) -> tuple[str, int] | None:
+    """(ip, port) from the SDK's "ip:port" / "[ipv6]:port"; None when nothing usable is served."""
+    if not axon:
+        return None
+    host, _, port_text = axon.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return None
+    return host, int(port_text)
 
 
 def _check_stake(stake: float) -> float:

@@ -1,0 +1,754 @@
+"""The QUASAR validator: ask sampled miners long-context questions, grade the answers, set weights.
+
+`python neurons/validator.py ...` or `quasar validator ...`; `--mock` runs a local subnet (neurons/mock.py).
+Each round: read the metagraph, sample miners, choose a task and a bucket by their weights, build the prompt
+once, encode it once, query every sampled miner concurrently with signed requests, grade, reward, and fold
+the rewards into per-bucket then combined moving averages, saved after every round (neurons/state.py).
+Weights go to the chain every `--neuron.epoch_length` blocks in the background, with retries and backoff:
+an unreachable chain never stops scoring. See docs/validator.md.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from evaluation.contexts import Records, build_item
+from evaluation.errors import InputError
+from evaluation.files import write_json_atomic
+from evaluation.grading import grade
+from evaluation.rewards import RewardRule
+from evaluation.tasks import EvalItem, get_task
+from evaluation.tokenizer import Tokenizer, load_tokenizer
+from neurons import protocol, rounds
+from neurons import state as state_io
+from neurons.auth import signed_headers
+from neurons.chain import Chain, ChainError, MetagraphSnapshot
+from neurons.rounds import Miner
+from neurons.state import StateError, ValidatorState
+
+if TYPE_CHECKING:
+    import bittensor
+
+log = logging.getLogger("quasar.validator")
+
+DEFAULT_SAMPLE_SIZE = 16
+DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_ALPHA = 0.1
+DEFAULT_EPOCH_BLOCKS = 100  # ~20 minutes at 12 s blocks; keep it >= the subnet's weights rate limit
+DEFAULT_TASKS = "niah_single,niah_multikey,niah_multivalue,variable_tracking,aggregation"
+# set_weights: attempts per epoch and the first backoff delay (doubled after each failure).
+WEIGHT_ATTEMPTS = 4
+WEIGHT_BACKOFF_S = 2.0
+# Pause after a round that had nothing to do (no miners, chain down with no metagraph yet).
+IDLE_PAUSE_S = 12.0
+
+
+@dataclass(frozen=True)
+class ValidatorConfig:
+    netuid: int
+    state_path: Path
+    wallet_name: str = "default"
+    wallet_hotkey: str = "default"
+    wallet_path: str = "~/.bittensor/wallets"
+    network: str | None = "finney"
+    chain_endpoint: str | None = None
+    sample_size: int = DEFAULT_SAMPLE_SIZE
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    deadline_base_s: float = rounds.DEADLINE_BASE_S
+    deadline_per_ktoken_s: float = rounds.DEADLINE_PER_KTOKEN_S
+    alpha: float = DEFAULT_ALPHA
+    epoch_length: int = DEFAULT_EPOCH_BLOCKS
+    tasks: Mapping[str, float] = field(default_factory=lambda: rounds.parse_task_weights(DEFAULT_TASKS))
+    bucket_weights: Mapping[str, float] = field(
+        default_factory=lambda: rounds.parse_bucket_weights(rounds.DEFAULT_BUCKET_WEIGHTS)
+    )
+    rewards: RewardRule = field(default_factory=RewardRule)
+    tokenizer: str | None = None
+    data: Path | None = None
+    reset_state: bool = False
+    rounds: int | None = None
+    round_pause_s: float = 0.0
+    summary_json: Path | None = None
+    weight_attempts: int = WEIGHT_ATTEMPTS
+    weight_backoff_s: float = WEIGHT_BACKOFF_S
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One query
+
+
+@dataclass(frozen=True)
+class Answer:
+    uid: int
+    text: str | None  # None: no valid answer (the error says why)
+    error: str | None
+    latency_s: float
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The response body, refusing more than `limit` bytes: a hostile miner cannot fill our memory."""
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise protocol.ProtocolError("body", f"response larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def query_miner(
+    session: aiohttp.ClientSession,
+    wallet: "bittensor.Wallet",
+    miner: Miner,
+    body: bytes,
+    task_id: str,
+    deadline_s: float,
+) -> Answer:
+    """POST the encoded request to one miner, signed for its hotkey; a failure is an Answer with an error."""
+    host, port = miner.endpoint
+    url = f"http://{host}:{port}{protocol.QUERY_PATH}"
+    headers = {**protocol.REQUEST_HEADERS, **signed_headers(wallet, body, miner.hotkey)}
+    start = time.perf_counter()
+
+    def failed(error: str) -> Answer:
+        return Answer(miner.uid, None, error, time.perf_counter() - start)
+
+    try:
+        async with session.post(
+            url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=deadline_s)
+        ) as response:
+            raw = await _read_capped(response, protocol.MAX_RESPONSE_BYTES)
+            if response.status != 200:
+                return failed(f"HTTP {response.status}: {raw[:200].decode('utf-8', 'replace')}")
+            answer = protocol.decode_response(raw)
+    except TimeoutError:
+        return failed(f"no answer within the {deadline_s:.1f} s deadline")
+    except aiohttp.ClientError as error:
+        return failed(f"{type(error).__name__}: {error}")
+    except protocol.ProtocolError as error:
+        return failed(f"invalid response: {error}")
+    if answer.task_id != task_id:
+        return failed(f"answered task {answer.task_id!r}, asked {task_id!r}")
+    return Answer(miner.uid, answer.text, None, time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rounds
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round: int
+    block: int
+    task: str
+    bucket: str
+    prompt_tokens: int
+    deadline_s: float
+    answers: tuple[Answer, ...]
+    accuracies: Mapping[int, float]
+    rewards: Mapping[int, float]
+
+
+RoundListener = Callable[[RoundResult, ValidatorState], None]
+
+
+class Validator:
+    """The loop's state and dependencies. Chain, wallet, tokenizer and records are injected (mock, tests)."""
+
+    def __init__(
+        self,
+        config: ValidatorConfig,
+        chain: Chain,
+        wallet: "bittensor.Wallet",
+        tokenizer: Tokenizer,
+        records: Records | None,
+        state: ValidatorState,
+        rng: random.Random | None = None,
+        listeners: Sequence[RoundListener] = (),
+    ) -> None:
+        self.config = config
+        self.chain = chain
+        self.wallet = wallet
+        self.tokenizer = tokenizer
+        self.records = records
+        self.state = state
+        # Item seeds must be unpredictable: a miner that could guess one could build the answer in advance.
+        self.rng = rng or random.Random(secrets.randbits(128))
+        self.listeners = list(listeners)
+        self._snapshot: MetagraphSnapshot | None = None
+        self._weights_task: asyncio.Task[None] | None = None
+
+    def save(self) -> None:
+        state_io.save(self.config.state_path, self.state)
+
+    async def sync(self) -> MetagraphSnapshot | None:
+        """The metagraph; the last one seen while the chain is unreachable (scoring goes on)."""
+        try:
+            self._snapshot = await self.chain.snapshot()
+        except ChainError as error:
+            log.warning("chain unreachable, scoring with the last metagraph: %s", error)
+            return self._snapshot
+        current = {n.uid: n.hotkey for n in self._snapshot.neurons}
+        replaced = rounds.changed_uids(self.state.hotkeys, current)
+        if replaced:
+            log.info("uids %s changed hotkey or left: their scores start from zero", sorted(replaced))
+            self.state.set_scores(rounds.forget_uids(self.state.scores, replaced))
+        self.state.hotkeys = current
+        return self._snapshot
+
+    def build(self) -> tuple[EvalItem, bytes, str, float]:
+        """One item, its request encoded once for every miner, its task id and deadline (CPU-bound)."""
+        task = rounds.choose(self.config.tasks, self.rng)
+        bucket = rounds.choose(self.config.bucket_weights, self.rng)
+        item = build_item(
+            task, bucket, 0, tokenizer=self.tokenizer, seed=self.rng.getrandbits(63), records=self.records
+        )
+        deadline = rounds.deadline_s(
+            item.prompt_tokens,
+            self.config.timeout_s,
+            self.config.deadline_base_s,
+            self.config.deadline_per_ktoken_s,
+        )
+        task_id = f"r{self.state.round}-{item.item_id}"
+        request = protocol.QueryRequest(
+            version=protocol.PROTOCOL_VERSION,
+            task_id=task_id,
+            task=task,
+            bucket=bucket,
+            prompt=item.prompt,
+            max_new_tokens=get_task(task).max_new_tokens,
+            deadline_unix=time.time() + deadline,
+        )
+        return item, protocol.encode_request(request), task_id, deadline
+
+    async def run_round(self, session: aiohttp.ClientSession) -> RoundResult | None:
+        snapshot = await self.sync()
+        if snapshot is None:
+            return None
+        miners = rounds.eligible_miners(
+            [(n.uid, n.hotkey, n.endpoint) for n in snapshot.neurons], self.chain.hotkey
+        )
+        if not miners:
+            log.info("no miner serves an endpoint yet")
+            return None
+        sample = rounds.sample_miners(miners, self.config.sample_size, self.rng)
+        # Building a 2M-token prompt takes seconds: off the event loop, so background weight setting runs.
+        item, body, task_id, deadline = await asyncio.to_thread(self.build)
+        log.info(
+            "round %d: %s at %s (%d tokens, %d bytes sent), %d miners, deadline %.1f s",
+            self.state.round,
+            item.task,
+            item.bucket,
+            item.prompt_tokens,
+            len(body),
+            len(sample),
+            deadline,
+        )
+        answers = await asyncio.gather(
+            *(query_miner(session, self.wallet, m, body, task_id, deadline) for m in sample)
+        )
+        accuracies = {a.uid: grade(item, a.text) if a.text is not None else 0.0 for a in answers}
+        rewards = rounds.rewards_for(accuracies, item.bucket, self.config.rewards)
+        self.state.set_scores(
+            rounds.apply_rewards(
+                self.state.scores, item.bucket, rewards, self.config.alpha, self.config.bucket_weights
+            )
+        )
+        result = RoundResult(
+            self.state.round,
+            snapshot.block,
+            item.task,
+            item.bucket,
+            item.prompt_tokens,
+            deadline,
+            tuple(answers),
+            accuracies,
+            rewards,
+        )
+        for answer in answers:
+            log.debug(
+                "uid %d: accuracy %.3f, %s", answer.uid, accuracies[answer.uid], answer.error or "answered"
+            )
+        self.state.round += 1
+        self.save()
+        self.maybe_set_weights(snapshot)
+        return result
+
+    def maybe_set_weights(self, snapshot: MetagraphSnapshot) -> None:
+        """Start setting weights in the background when an epoch has passed and no attempt is in flight."""
+        if self._weights_task is not None and not self._weights_task.done():
+            return
+        last = self.state.last_weights_block
+        if last is not None and snapshot.block - last < self.config.epoch_length:
+            return
+        self._weights_task = asyncio.create_task(self.set_weights(snapshot), name="set-weights")
+
+    async def set_weights(self, snapshot: MetagraphSnapshot) -> None:
+        """Set weights from the combined scores, retrying chain errors with exponential backoff."""
+        uids = [n.uid for n in snapshot.neurons]
+        for attempt in range(self.config.weight_attempts):
+            try:
+                limits = await self.chain.weight_limits()
+                weights = rounds.chain_weights(
+                    self.state.combined, uids, limits.max_weight, limits.min_allowed_weights
+                )
+                if not weights:
+                    log.info("no miner has a positive score yet: no weights to set")
+                    return
+                await self.chain.set_weights(list(weights), list(weights.values()))
+            except ChainError as error:
+                delay = self.config.weight_backoff_s * 2**attempt
+                log.warning(
+                    "setting weights failed (attempt %d): %s; retrying in %.0f s", attempt + 1, error, delay
+                )
+                await asyncio.sleep(delay)
+                continue
+            log.info("weights set at block %d for %d uids", snapshot.block, len(weights))
+            self.state.last_weights_block = snapshot.block
+            self.save()
+            return
+        log.error(
+            "gave up setting weights after %d attempts; trying again next round", self.config.weight_attempts
+        )
+
+    async def finish_weights(self) -> None:
+        if self._weights_task is not None:
+            await self._weights_task
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Rounds until `config.rounds` have run in this process or `stop` is set."""
+        stop = stop or asyncio.Event()
+        done = 0
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set() and (self.config.rounds is None or done < self.config.rounds):
+                result = await self.run_round(session)
+                if result is None:
+                    await _pause(stop, IDLE_PAUSE_S)
+                    continue
+                done += 1
+                for listener in self.listeners:
+                    listener(result, self.state)
+                await _pause(stop, self.config.round_pause_s)
+        await self.finish_weights()
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    if seconds > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# WandB
+
+
+def round_metrics(result: RoundResult) -> dict[str, float]:
+    """What one round logs: mean and per-uid rewards, accuracy by task and by bucket, failures."""
+    count = max(1, len(result.accuracies))
+    accuracy = sum(result.accuracies.values()) / count
+    metrics: dict[str, float] = {
+        "round/prompt_tokens": result.prompt_tokens,
+        "round/deadline_s": result.deadline_s,
+        "round/miners": len(result.answers),
+        "round/failures": sum(a.error is not None for a in result.answers),
+        "reward/mean": sum(result.rewards.values()) / count,
+        f"accuracy/task/{result.task}": accuracy,
+        f"accuracy/bucket/{result.bucket}": accuracy,
+        f"reward/task/{result.task}": sum(result.rewards.values()) / count,
+        f"reward/bucket/{result.bucket}": sum(result.rewards.values()) / count,
+    }
+    metrics.update({f"reward/uid/{uid}": reward for uid, reward in result.rewards.items()})
+    return metrics
+
+
+class WandbLogger:
+    """One WandB run per validator (id from netuid and hotkey, resumed across restarts)."""
+
+    def __init__(
+        self, project: str, entity: str | None, netuid: int, hotkey: str, config: dict[str, Any]
+    ) -> None:
+        import wandb
+
+        self._run = wandb.init(
+            project=project,
+            entity=entity,
+            name=f"validator-{hotkey[:8]}",
+            id=f"quasar-{netuid}-{hotkey[:16]}",
+            resume="allow",
+            config=config,
+        )
+
+    def __call__(self, result: RoundResult, state: ValidatorState) -> None:
+        self._run.log(round_metrics(result), step=result.round)
+
+    def finish(self) -> None:
+        self._run.finish()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Leaderboard
+
+
+def leaderboard(state: ValidatorState, kinds: Mapping[int, str] | None = None) -> list[dict[str, Any]]:
+    """Miners by combined score, best first (what --summary-json writes)."""
+    rows = []
+    for uid, score in sorted(state.combined.items(), key=lambda item: (-item[1], item[0])):
+        row: dict[str, Any] = {"uid": uid, "hotkey": state.hotkeys.get(uid, ""), "score": score}
+        if kinds is not None:
+            row["kind"] = kinds.get(uid, "unknown")
+        row["buckets"] = {b: s[uid] for b, s in sorted(state.bucket_scores.items()) if uid in s}
+        rows.append(row)
+    return rows
+
+
+def format_leaderboard(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = [f"{'uid':>4}  {'hotkey':<12}  {'kind':<10}  {'score':>7}"]
+    lines += [
+        f"{row['uid']:>4}  {row['hotkey'][:12]:<12}  {row.get('kind', '-'):<10}  {row['score']:>7.4f}"
+        for row in rows
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Flags
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="QUASAR validator: score miners on long-context questions and set weights."
+    )
+    wallet = parser.add_argument_group("wallet")
+    wallet.add_argument("--wallet.name", dest="wallet_name", default="default", help="coldkey wallet name")
+    wallet.add_argument("--wallet.hotkey", dest="wallet_hotkey", default="default", help="hotkey name")
+    wallet.add_argument(
+        "--wallet.path", dest="wallet_path", default="~/.bittensor/wallets", help="wallets folder"
+    )
+    chain = parser.add_argument_group("chain")
+    chain.add_argument("--subtensor.network", dest="network", default="finney", help="finney, test, local")
+    chain.add_argument("--subtensor.chain_endpoint", dest="chain_endpoint", help="ws(s):// endpoint")
+    chain.add_argument("--netuid", type=int, help="the subnet's netuid (required unless --mock)")
+    neuron = parser.add_argument_group("rounds")
+    neuron.add_argument(
+        "--neuron.sample_size",
+        dest="sample_size",
+        type=int,
+        default=DEFAULT_SAMPLE_SIZE,
+        help=f"miners asked per round (default: {DEFAULT_SAMPLE_SIZE})",
+    )
+    neuron.add_argument(
+        "--neuron.timeout",
+        dest="timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"most seconds a miner gets, whatever the context size (default: {DEFAULT_TIMEOUT_S:g})",
+    )
+    neuron.add_argument(
+        "--neuron.deadline_base",
+        dest="deadline_base",
+        type=float,
+        help="seconds every miner gets before the per-token allowance "
+        f"(default: {rounds.DEADLINE_BASE_S:g}; mock: 60)",
+    )
+    neuron.add_argument(
+        "--neuron.deadline_per_ktoken",
+        dest="deadline_per_ktoken",
+        type=float,
+        default=rounds.DEADLINE_PER_KTOKEN_S,
+        help=f"extra seconds per 1,000 prompt tokens (default: {rounds.DEADLINE_PER_KTOKEN_S:g})",
+    )
+    neuron.add_argument(
+        "--neuron.moving_average_alpha",
+        dest="alpha",
+        type=float,
+        default=DEFAULT_ALPHA,
+        help=f"weight of a new reward in the moving averages (default: {DEFAULT_ALPHA:g})",
+    )
+    neuron.add_argument(
+        "--neuron.epoch_length",
+        dest="epoch_length",
+        type=int,
+        help=f"blocks between weight settings (default: {DEFAULT_EPOCH_BLOCKS}; mock: 2)",
+    )
+    neuron.add_argument(
+        "--neuron.tasks",
+        dest="tasks",
+        default=DEFAULT_TASKS,
+        help="tasks and their weights, TASK[=WEIGHT],... (default: the synthetic tasks)",
+    )
+    neuron.add_argument(
+        "--neuron.bucket_weights",
+        dest="bucket_weights",
+        help=f"buckets and weights, BUCKET=WEIGHT,...; no bucket above {rounds.MAX_BUCKET_SHARE:.0%} "
+        f"(default: {rounds.DEFAULT_BUCKET_WEIGHTS}; mock: 32k=1)",
+    )
+    neuron.add_argument(
+        "--neuron.reward_multipliers",
+        dest="reward_multipliers",
+        default="",
+        help="reward multiplier per bucket, BUCKET=MULT,... (default: evaluation.rewards')",
+    )
+    neuron.add_argument(
+        "--neuron.tokenizer",
+        dest="tokenizer",
+        help="tokenizer (folder or Hub id) buckets are measured in (default: the built-in tiny one)",
+    )
+    neuron.add_argument(
+        "--neuron.data",
+        dest="data",
+        type=Path,
+        help="LongBench data (folder or data.zip) for LongBench tasks (default: download)",
+    )
+    neuron.add_argument(
+        "--neuron.state_path",
+        dest="state_path",
+        type=Path,
+        help="state file (default: ~/.quasar/validator/<wallet>-<hotkey>-netuid<N>.json)",
+    )
+    neuron.add_argument(
+        "--neuron.reset_state",
+        dest="reset_state",
+        action="store_true",
+        help="start from empty scores even if the state file is corrupt or another validator's",
+    )
+    neuron.add_argument(
+        "--neuron.round_pause",
+        dest="round_pause",
+        type=float,
+        default=0.0,
+        help="seconds to wait between rounds (default: 0)",
+    )
+    parser.add_argument(
+        "--mock", action="store_true", help="run a whole local subnet (see docs/validator.md)"
+    )
+    parser.add_argument("--rounds", type=int, help="stop after this many rounds (default: run until stopped)")
+    parser.add_argument(
+        "--summary-json", dest="summary_json", type=Path, help="write the final leaderboard here"
+    )
+    parser.add_argument("--logging.debug", dest="debug", action="store_true", help="debug logging")
+    wandb_group = parser.add_argument_group("wandb")
+    wandb_group.add_argument("--wandb.off", dest="wandb_off", action="store_true", help="no WandB logging")
+    wandb_group.add_argument(
+        "--wandb.project",
+        dest="wandb_project",
+        default="quasar-validators",
+        help="WandB project (default: quasar-validators)",
+    )
+    wandb_group.add_argument("--wandb.entity", dest="wandb_entity", help="WandB entity (team or user)")
+    from neurons.mock import add_mock_flags
+
+    add_mock_flags(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ValidatorConfig:
+    """The config the flags describe (mock defaults where a flag is absent); InputError names a bad flag."""
+    if args.netuid is None and not args.mock:
+        raise InputError("--netuid", "required (or run --mock)")
+    netuid = 1 if args.netuid is None else args.netuid
+    checks = [
+        ("--netuid", netuid >= 0, "must not be negative"),
+        ("--neuron.sample_size", args.sample_size >= 1, "must be >= 1"),
+        ("--neuron.timeout", args.timeout > 0, "must be positive"),
+        ("--neuron.deadline_per_ktoken", args.deadline_per_ktoken >= 0, "must not be negative"),
+        ("--neuron.moving_average_alpha", 0 < args.alpha <= 1, "must be within (0, 1]"),
+        ("--neuron.round_pause", args.round_pause >= 0, "must not be negative"),
+        ("--rounds", args.rounds is None or args.rounds >= 1, "must be >= 1"),
+    ]
+    for flag, ok, problem in checks:
+        if not ok:
+            raise InputError(flag, problem)
+    epoch = args.epoch_length if args.epoch_length is not None else (2 if args.mock else DEFAULT_EPOCH_BLOCKS)
+    if epoch < 1:
+        raise InputError("--neuron.epoch_length", "must be >= 1")
+    base = (
+        args.deadline_base
+        if args.deadline_base is not None
+        else (60.0 if args.mock else rounds.DEADLINE_BASE_S)
+    )
+    if not (math.isfinite(base) and base > 0):
+        raise InputError("--neuron.deadline_base", "must be positive")
+    if args.bucket_weights is not None:
+        buckets = rounds.parse_bucket_weights(
+            args.bucket_weights, 1.0 if args.mock else rounds.MAX_BUCKET_SHARE
+        )
+    else:
+        # The tiny model answers 32k prompts in seconds on a CPU, 124k in about a minute: mock asks 32k.
+        buckets = (
+            rounds.parse_bucket_weights("32k=1", 1.0)
+            if args.mock
+            else rounds.parse_bucket_weights(rounds.DEFAULT_BUCKET_WEIGHTS)
+        )
+    state_path = (
+        args.state_path
+        or Path(
+            f"~/.quasar/validator/{args.wallet_name}-{args.wallet_hotkey}-netuid{netuid}.json"
+        ).expanduser()
+    )
+    return ValidatorConfig(
+        netuid=netuid,
+        state_path=state_path,
+        wallet_name=args.wallet_name,
+        wallet_hotkey=args.wallet_hotkey,
+        wallet_path=args.wallet_path,
+        network=args.network,
+        chain_endpoint=args.chain_endpoint,
+        sample_size=args.sample_size,
+        timeout_s=args.timeout,
+        deadline_base_s=base,
+        deadline_per_ktoken_s=args.deadline_per_ktoken,
+        alpha=args.alpha,
+        epoch_length=epoch,
+        tasks=rounds.parse_task_weights(args.tasks),
+        bucket_weights=buckets,
+        rewards=RewardRule.parse(args.reward_multipliers),
+        tokenizer=args.tokenizer,
+        data=args.data,
+        reset_state=args.reset_state,
+        rounds=args.rounds,
+        round_pause_s=args.round_pause,
+        summary_json=args.summary_json,
+    )
+
+
+def load_state(config: ValidatorConfig, hotkey: str) -> ValidatorState:
+    if config.reset_state:
+        log.warning(
+            "--neuron.reset_state: starting from empty scores; %s will be overwritten", config.state_path
+        )
+        return ValidatorState(config.netuid, hotkey)
+    return state_io.load(config.state_path, config.netuid, hotkey)
+
+
+def load_records(config: ValidatorConfig) -> Records | None:
+    from evaluation.longbench import load_records as read
+
+    longbench = [t for t in config.tasks if get_task(t).source == "longbench"]
+    return read(longbench, config.data) if longbench else None
+
+
+WandbFactory = Callable[[int, str, dict[str, Any]], WandbLogger | None]
+
+
+async def run_validator(
+    config: ValidatorConfig,
+    chain: Chain,
+    wallet: "bittensor.Wallet",
+    records: Records | None,
+    make_wandb: WandbFactory,
+    kinds: Mapping[int, str] | None = None,
+    stop: asyncio.Event | None = None,
+) -> ValidatorState:
+    """Run rounds, then print the leaderboard and write --summary-json. Used by real and mock mode."""
+    state = load_state(config, chain.hotkey)
+    tokenizer = await asyncio.to_thread(load_tokenizer, config.tokenizer)
+    wandb_logger = make_wandb(config.netuid, chain.hotkey, _loggable(config))
+    listeners: list[RoundListener] = [_log_round]
+    if wandb_logger is not None:
+        listeners.append(wandb_logger)
+    validator = Validator(config, chain, wallet, tokenizer, records, state, listeners=listeners)
+    try:
+        await validator.run(stop)
+    finally:
+        if wandb_logger is not None:
+            wandb_logger.finish()
+    rows = leaderboard(validator.state, kinds)
+    print(format_leaderboard(rows), flush=True)
+    if config.summary_json is not None:
+        write_json_atomic(config.summary_json, rows)
+    return validator.state
+
+
+def _loggable(config: ValidatorConfig) -> dict[str, Any]:
+    return {
+        "netuid": config.netuid,
+        "sample_size": config.sample_size,
+        "timeout_s": config.timeout_s,
+        "alpha": config.alpha,
+        "epoch_length": config.epoch_length,
+        "tasks": dict(config.tasks),
+        "bucket_weights": dict(config.bucket_weights),
+        "reward_multipliers": dict(config.rewards.multipliers),
+    }
+
+
+def _log_round(result: RoundResult, state: ValidatorState) -> None:
+    answered = sum(a.error is None for a in result.answers)
+    mean = sum(result.accuracies.values()) / max(1, len(result.accuracies))
+    log.info(
+        "round %d done: %s/%s, %d/%d answered, mean accuracy %.3f",
+        result.round,
+        result.task,
+        result.bucket,
+        answered,
+        len(result.answers),
+        mean,
+    )
+
+
+async def _run_real(config: ValidatorConfig, make_wandb: WandbFactory) -> int:
+    from neurons.chain import BittensorChain, load_wallet
+
+    wallet = load_wallet(config.wallet_name, config.wallet_hotkey, config.wallet_path)
+    chain = BittensorChain(wallet, config.network, config.chain_endpoint, config.netuid)
+    await run_validator(config, chain, wallet, load_records(config), make_wandb, stop=_stop_on_signals())
+    return 0
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+def _wandb_factory(args: argparse.Namespace) -> WandbFactory:
+    def make(netuid: int, hotkey: str, config: dict[str, Any]) -> WandbLogger | None:
+        if args.wandb_off:
+            return None
+        return WandbLogger(args.wandb_project, args.wandb_entity, netuid, hotkey, config)
+
+    return make
+
+
+def main(argv: Sequence[str], prog: str = "quasar validator") -> int:
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.debug:
+        # One line per HTTP request from the in-process servers and engine clients (mock mode) drowns the rounds.
+        for noisy in ("aiohttp.access", "httpx2", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        config = config_from_args(args)
+        if args.mock:
+            from neurons.mock import mock_config_from_args, run_mock
+
+            return asyncio.run(run_mock(config, mock_config_from_args(args), _wandb_factory(args)))
+        return asyncio.run(_run_real(config, _wandb_factory(args)))
+    except (InputError, StateError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ChainError as error:
+        print(f"error: chain: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], "neurons/validator.py"))

@@ -732,7 +732,7 @@ def main(argv: Sequence[str], prog: str = "quasar validator") -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not args.debug:
-        # One line per HTTP request from the in-process servers and engine clients (mock mode) drowns the rounds.
+        # One line per HTTP request from in-process servers and engine clients (mock mode) drowns the rounds.
         for noisy in ("aiohttp.access", "httpx2", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -185,6 +185,7 @@ def test_missing_response_field_is_named(field: str) -> None:
         gzip.compress(b'{"version": 1,'),
         gzip.compress(b"\xff\xfe not utf-8"),
         gzip.compress(b"[" * 100_000 + b"]" * 100_000),
+        gzip.compress(b'{"version": 1, "max_new_tokens": ' + b"9" * 5000 + b"}"),  # over int's digit limit
         gzip.compress(json.dumps(asdict(REQUEST)).encode())[:-4],  # truncated
         gzip.compress(json.dumps(asdict(REQUEST)).encode()) + b"junk",
     ],

@@ -189,14 +189,16 @@ def cap_shares(weights: Mapping[int, float], max_share: float) -> dict[int, floa
 def chain_weights(
     combined: Mapping[int, float], uids: Sequence[int], max_share: float, min_allowed: int
 ) -> dict[int, float]:
-    """Weights to set: normalised combined scores of current `uids`, capped at `max_share`, padded with
-    PAD_WEIGHT on other uids up to `min_allowed` entries. Empty when no uid has a positive score."""
+    """Weights to set: normalised combined scores of current `uids`, no share above `max_share`.
+
+    Where too few uids have a score to meet the subnet's `min_allowed` count or its share cap, other uids
+    are added at PAD_WEIGHT first; capping then spreads the excess over them. Empty when no uid has a
+    positive score."""
     current = set(uids)
-    positive = normalize_weights({uid: s for uid, s in combined.items() if uid in current})
-    if not positive:
+    weights = normalize_weights({uid: s for uid, s in combined.items() if uid in current})
+    if not weights:
         return {}
-    weights = cap_shares(positive, max_share)
-    for uid in sorted(current - set(weights))[: max(0, min_allowed - len(weights))]:
+    needed = max(min_allowed, math.ceil(1 / max_share - 1e-9) if max_share > 0 else len(current))
+    for uid in sorted(current - set(weights))[: max(0, needed - len(weights))]:
         weights[uid] = PAD_WEIGHT
-    total = sum(weights.values())
-    return {uid: w / total for uid, w in sorted(weights.items())}
+    return dict(sorted(cap_shares(weights, max_share).items()))

@@ -116,3 +116,10 @@ def test_chain_weights_normalise_cap_and_pad() -> None:
     assert padded[1] > 0.99
     assert sum(padded.values()) == pytest.approx(1)
     assert rounds.chain_weights({1: 0.0}, uids=[1], max_share=1.0, min_allowed=1) == {}
+
+
+def test_chain_weights_meet_a_share_cap_that_one_scorer_alone_would_break() -> None:
+    weights = rounds.chain_weights({1: 1.0}, uids=[0, 1, 2, 3], max_share=0.6, min_allowed=1)
+    assert weights[1] == pytest.approx(0.6)
+    assert len(weights) == 2
+    assert sum(weights.values()) == pytest.approx(1)

@@ -1,0 +1,378 @@
+"""The validator loop over real loopback HTTP: signed queries to real miner servers, grading, moving averages,
+state kept across restarts, weights on the FakeChain with retries, scoring while the chain is down, flags."""
+
+import asyncio
+import functools
+import socket
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ParamSpec
+
+import aiohttp
+import bittensor
+import pytest
+
+from evaluation.engines import make_engine
+from evaluation.tokenizer import Tokenizer, load_tokenizer
+from neurons import state as state_io
+from neurons.auth import create_wallet
+from neurons.chain import ChainError, FakeChain, MetagraphSnapshot, WeightLimits
+from neurons.miner import MinerConfig, start_miner
+from neurons.mock import read_answer
+from neurons.rounds import parse_bucket_weights, parse_task_weights
+from neurons.state import StateError, ValidatorState
+from neurons.validator import (
+    Answer,
+    RoundResult,
+    Validator,
+    ValidatorConfig,
+    WandbLogger,
+    build_parser,
+    config_from_args,
+    main,
+    round_metrics,
+)
+from tests.fake_tgi import FakeTGI
+
+NETUID = 3
+P = ParamSpec("P")
+
+
+def run_async(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
+    """Runs an async test in its own event loop (the suite has no async plugin)."""
+
+    @functools.wraps(test)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def wallet_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("wallets")
+
+
+@pytest.fixture(scope="module")
+def validator_wallet(wallet_path: Path) -> bittensor.Wallet:
+    return create_wallet("quasar-test", "validator", str(wallet_path))
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return load_tokenizer(None)
+
+
+@dataclass
+class Subnet:
+    chain: FakeChain
+    uids: dict[str, int]  # miner name -> uid
+    engines: dict[str, FakeTGI]
+
+
+@asynccontextmanager
+async def subnet(
+    wallet_path: Path, validator_wallet: bittensor.Wallet, answers: dict[str, Callable[[str], str]]
+) -> AsyncIterator[Subnet]:
+    """A FakeChain with the validator registered and one real miner server per answer function, each
+    backed by a FakeTGI engine answering with that function."""
+    chain = FakeChain(NETUID)
+    chain.register(validator_wallet.hotkey.ss58_address, stake=10_000, validator_permit=True)
+    uids, engines, running = {}, {}, []
+    try:
+        for name, answer in answers.items():
+            hotkey = create_wallet("quasar-test", name, str(wallet_path)).hotkey.ss58_address
+            uids[name] = chain.register(hotkey)
+            engines[name] = FakeTGI(answer=answer, max_input_tokens=10**7, max_total_tokens=10**7 + 1000)
+            engines[name].start()
+            engine = make_engine("tgi", engines[name].url, None, 30)
+            running.append(
+                (await start_miner(MinerConfig(netuid=NETUID), chain.view(hotkey), engine), engine)
+            )
+        yield Subnet(chain, uids, engines)
+    finally:
+        for server, engine in running:
+            await server.stop()
+            await engine.aclose()
+        for fake in engines.values():
+            fake.stop()
+
+
+def config_for(tmp_path: Path, **changes: object) -> ValidatorConfig:
+    config = ValidatorConfig(
+        netuid=NETUID,
+        state_path=tmp_path / "state.json",
+        tasks=parse_task_weights("niah_single,niah_multikey"),
+        bucket_weights=parse_bucket_weights("32k=1", max_share=1.0),
+        alpha=0.5,
+        weight_backoff_s=0.01,
+        epoch_length=1000,
+    )
+    return replace(config, **changes)  # type: ignore[arg-type]
+
+
+def make_validator(
+    config: ValidatorConfig, chain_view: object, wallet: bittensor.Wallet, tokenizer: Tokenizer
+) -> Validator:
+    state = state_io.load(config.state_path, config.netuid, wallet.hotkey.ss58_address)
+    return Validator(config, chain_view, wallet, tokenizer, None, state)  # type: ignore[arg-type]
+
+
+def dead_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def one_round(validator: Validator) -> RoundResult:
+    async with aiohttp.ClientSession() as session:
+        result = await validator.run_round(session)
+    assert result is not None
+    return result
+
+
+@run_async
+async def test_a_whole_round_over_signed_http(
+    tmp_path: Path, wallet_path: Path, validator_wallet: bittensor.Wallet, tokenizer: Tokenizer
+) -> None:
+    answers = {"reader": read_answer, "wrong": lambda prompt: "I do not know"}
+    async with subnet(wallet_path, validator_wallet, answers) as net:
+        gone = create_wallet("quasar-test", "gone", str(wallet_path)).hotkey.ss58_address
+        gone_uid = net.chain.register(gone)
+        net.chain.serve(gone, "127.0.0.1", dead_port())
+        config = config_for(tmp_path)
+        validator = make_validator(
+            config, net.chain.view(validator_wallet.hotkey.ss58_address), validator_wallet, tokenizer
+        )
+        result = await one_round(validator)
+
+    reader, wrong = net.uids["reader"], net.uids["wrong"]
+    assert result.accuracies == {reader: 1.0, wrong: 0.0, gone_uid: 0.0}
+    errors = {a.uid: a.error for a in result.answers}
+    assert errors[reader] is None
+    assert errors[wrong] is None
+    assert "Connect" in str(errors[gone_uid])
+    assert result.prompt_tokens > 30_000
+    # The one prompt reached every engine; the validator itself (no endpoint) was not asked.
+    prompts = [fake.requests[-1].body["inputs"] for fake in net.engines.values()]
+    assert prompts[0] == prompts[1]
+    assert "special magic number" in prompts[0]
+    saved = state_io.load(config.state_path, NETUID, validator_wallet.hotkey.ss58_address)
+    assert saved.round == 1
+    assert saved.bucket_scores == {"32k": {reader: 0.5, wrong: 0.0, gone_uid: 0.0}}
+    assert saved.combined[reader] == 0.5
+
+
+@run_async
+async def test_restart_keeps_state_and_replaced_hotkeys_start_from_zero(
+    tmp_path: Path, wallet_path: Path, validator_wallet: bittensor.Wallet, tokenizer: Tokenizer
+) -> None:
+    async with subnet(wallet_path, validator_wallet, {"reader": read_answer, "other": read_answer}) as net:
+        view = net.chain.view(validator_wallet.hotkey.ss58_address)
+        config = config_for(tmp_path, rounds=1)
+        await make_validator(config, view, validator_wallet, tokenizer).run()
+        restarted = make_validator(config, view, validator_wallet, tokenizer)
+        assert restarted.state.round == 1
+        await restarted.run()
+        assert restarted.state.round == 2
+        reader, other = net.uids["reader"], net.uids["other"]
+        assert restarted.state.combined == {reader: 0.75, other: 0.75}  # 0.5 * 1 + 0.5 * 0.5
+        newcomer = create_wallet("quasar-test", "newcomer", str(wallet_path)).hotkey.ss58_address
+        net.chain.replace(other, newcomer)
+        await restarted.sync()
+        assert restarted.state.combined == {reader: 0.75}
+        assert restarted.state.hotkeys[other] == newcomer
+
+
+@run_async
+async def test_weights_are_set_after_chain_errors(
+    tmp_path: Path, wallet_path: Path, validator_wallet: bittensor.Wallet, tokenizer: Tokenizer
+) -> None:
+    async with subnet(wallet_path, validator_wallet, {"reader": read_answer, "wrong": lambda p: "?"}) as net:
+        net.chain.fail_next_set_weights = 2
+        config = config_for(tmp_path, rounds=1, epoch_length=1)
+        hotkey = validator_wallet.hotkey.ss58_address
+        validator = make_validator(config, net.chain.view(hotkey), validator_wallet, tokenizer)
+        await validator.run()
+    assert net.chain.fail_next_set_weights == 0
+    assert net.chain.weights[hotkey] == [([net.uids["reader"]], [1.0])]
+    assert validator.state.last_weights_block is not None
+    assert (
+        state_io.load(config.state_path, NETUID, hotkey).last_weights_block
+        == validator.state.last_weights_block
+    )
+
+
+@run_async
+async def test_weights_respect_the_subnet_limits(
+    tmp_path: Path, wallet_path: Path, validator_wallet: bittensor.Wallet, tokenizer: Tokenizer
+) -> None:
+    answers = {"a": read_answer, "b": lambda p: "?", "c": lambda p: "?"}
+    async with subnet(wallet_path, validator_wallet, answers) as net:
+        net.chain.limits = WeightLimits(max_weight=0.6, min_allowed_weights=3, rate_limit_blocks=0)
+        config = config_for(tmp_path, rounds=1, epoch_length=1)
+        hotkey = validator_wallet.hotkey.ss58_address
+        await make_validator(config, net.chain.view(hotkey), validator_wallet, tokenizer).run()
+    ((uids, weights),) = net.chain.weights[hotkey]
+    assert len(uids) >= 3
+    assert max(weights) / sum(weights) <= 0.6 + 1e-6
+
+
+class DownChain:
+    """A chain that answered once and is unreachable since."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.hotkey: str = inner.hotkey  # type: ignore[attr-defined]
+        self.calls = 0
+
+    async def snapshot(self) -> MetagraphSnapshot:
+        self.calls += 1
+        if self.calls > 1:
+            raise ChainError("connection refused")
+        snapshot: MetagraphSnapshot = await self.inner.snapshot()  # type: ignore[attr-defined]
+        return snapshot
+
+    async def serve(self, ip: str, port: int) -> None:
+        raise ChainError("connection refused")
+
+    async def set_weights(self, uids: Sequence[int], weights: Sequence[float]) -> None:
+        raise ChainError("connection refused")
+
+    async def weight_limits(self) -> WeightLimits:
+        raise ChainError("connection refused")
+
+
+@run_async
+async def test_scoring_goes_on_while_the_chain_is_down(
+    tmp_path: Path, wallet_path: Path, validator_wallet: bittensor.Wallet, tokenizer: Tokenizer
+) -> None:
+    async with subnet(wallet_path, validator_wallet, {"reader": read_answer}) as net:
+        chain = DownChain(net.chain.view(validator_wallet.hotkey.ss58_address))
+        config = config_for(tmp_path, rounds=3, epoch_length=1, weight_attempts=2)
+        validator = make_validator(config, chain, validator_wallet, tokenizer)
+        await asyncio.wait_for(validator.run(), 60)
+    assert validator.state.round == 3
+    assert validator.state.combined[net.uids["reader"]] == 0.875
+    assert validator.state.last_weights_block is None
+    assert net.chain.weights == {}
+
+
+def parse(*flags: str) -> ValidatorConfig:
+    return config_from_args(build_parser("test").parse_args(list(flags)))
+
+
+def test_every_flag_reaches_the_config(tmp_path: Path) -> None:
+    config = parse(
+        "--netuid", "9", "--wallet.name", "cold", "--wallet.hotkey", "hot", "--wallet.path", "/w",
+        "--subtensor.network", "test", "--subtensor.chain_endpoint", "ws://x:9944",
+        "--neuron.sample_size", "5", "--neuron.timeout", "99", "--neuron.deadline_base", "3",
+        "--neuron.deadline_per_ktoken", "0.5", "--neuron.moving_average_alpha", "0.2",
+        "--neuron.epoch_length", "7", "--neuron.tasks", "niah_single=2,trec",
+        "--neuron.bucket_weights", "32k=1,2m=1", "--neuron.reward_multipliers", "2m=3",
+        "--neuron.tokenizer", "tok", "--neuron.data", "/data.zip",
+        "--neuron.state_path", str(tmp_path / "s.json"), "--neuron.reset_state",
+        "--neuron.round_pause", "1.5", "--rounds", "4",
+        "--summary-json", str(tmp_path / "sum.json"),
+    )  # fmt: skip
+    assert (config.netuid, config.wallet_name, config.wallet_hotkey, config.wallet_path) == (
+        9,
+        "cold",
+        "hot",
+        "/w",
+    )
+    assert (config.network, config.chain_endpoint) == ("test", "ws://x:9944")
+    assert (config.sample_size, config.timeout_s, config.deadline_base_s, config.deadline_per_ktoken_s) == (
+        5,
+        99,
+        3,
+        0.5,
+    )
+    assert (config.alpha, config.epoch_length, config.rounds, config.round_pause_s) == (0.2, 7, 4, 1.5)
+    assert config.tasks == {"niah_single": 2.0, "trec": 1.0}
+    assert config.bucket_weights == {"32k": 1.0, "2m": 1.0}
+    assert config.rewards.multipliers["2m"] == 3.0
+    assert (config.tokenizer, config.data, config.reset_state) == ("tok", Path("/data.zip"), True)
+    assert config.state_path == tmp_path / "s.json"
+    assert config.summary_json == tmp_path / "sum.json"
+
+
+def test_defaults_and_mock_defaults() -> None:
+    real = parse("--netuid", "2")
+    assert real.state_path.name == "default-default-netuid2.json"
+    assert max(real.bucket_weights.values()) / sum(real.bucket_weights.values()) <= 0.9
+    mock = parse("--mock")
+    assert mock.bucket_weights == {"32k": 1.0}
+    assert mock.epoch_length == 2
+    assert mock.deadline_base_s == 60
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        ((), "--netuid: required"),
+        (("--netuid", "1", "--neuron.sample_size", "0"), "--neuron.sample_size"),
+        (("--netuid", "1", "--neuron.moving_average_alpha", "1.5"), "--neuron.moving_average_alpha"),
+        (("--netuid", "1", "--neuron.epoch_length", "0"), "--neuron.epoch_length"),
+        (("--netuid", "1", "--neuron.bucket_weights", "32k=1"), "no bucket may get more than 90%"),
+        (("--netuid", "1", "--neuron.tasks", "nope"), "unknown task"),
+        (("--netuid", "1", "--rounds", "0"), "--rounds"),
+    ],
+)
+def test_bad_flags_exit_2_naming_the_flag(
+    flags: tuple[str, ...], problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*flags, "--wandb.off"], "test") == 2
+    assert problem in capsys.readouterr().err
+
+
+def test_a_corrupt_state_file_stops_the_validator(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "state.json"
+    state.write_text("{half a file")
+    flags = [
+        "--mock",
+        "--mock.honest",
+        "0",
+        "--rounds",
+        "1",
+        "--wandb.off",
+        "--neuron.state_path",
+        str(state),
+    ]
+    assert main(flags, "test") == 2
+    err = capsys.readouterr().err
+    assert str(state) in err
+    assert "corrupt" in err
+    assert state.read_text() == "{half a file"
+
+
+def test_wandb_offline_logs_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result = RoundResult(
+        round=4, block=10, task="niah_single", bucket="32k", prompt_tokens=32000, deadline_s=13.2,
+        answers=(Answer(1, "42", None, 0.5), Answer(2, None, "HTTP 503", 0.1)),
+        accuracies={1: 1.0, 2: 0.0}, rewards={1: 1.0, 2: 0.0},
+    )  # fmt: skip
+    metrics = round_metrics(result)
+    assert metrics["accuracy/task/niah_single"] == 0.5
+    assert metrics["accuracy/bucket/32k"] == 0.5
+    assert metrics["reward/uid/1"] == 1.0
+    assert metrics["round/failures"] == 1
+    logger = WandbLogger("quasar-test", None, NETUID, "5HotkeyOfTheValidator", {"alpha": 0.1})
+    logger(result, ValidatorState(NETUID, "5HotkeyOfTheValidator"))
+    logger.finish()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert any(runs[0].glob("*.wandb"))
+
+
+def test_state_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    state_io.save(path, ValidatorState(NETUID, "5Mine"))
+    with pytest.raises(StateError, match="belongs to validator hotkey"):
+        state_io.load(path, NETUID, "5Other")

@@ -172,6 +172,14 @@ def metric(page: str, name: str) -> float:
     return 0.0
 
 
+async def until(check: Callable[[], Awaitable[bool]]) -> None:
+    for _ in range(200):  # metagraph syncs run every 50 ms in these tests
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in 2 s")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Queries
 
@@ -397,6 +405,27 @@ def test_engine_slower_than_the_deadline_gets_504(wallets: Wallets, chain: FakeC
     assert time.monotonic() - started < 3
 
 
+def test_a_validator_hanging_up_cancels_its_query(wallets: Wallets, chain: FakeChain, tgi: FakeTGI) -> None:
+    tgi.latency_s = 5.0
+
+    async def use(client: Client) -> str:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await client.post(query(), wallets.validator)
+
+        async def counted() -> bool:
+            page = (await client.get("/metrics"))[1]
+            return metric(page, 'quasar_miner_requests_total{outcome="cancelled"}') == 1
+
+        await until(counted)
+        return (await client.get("/metrics"))[1]
+
+    started = time.monotonic()
+    page = run(wallets, chain, tgi.url, use)
+    assert metric(page, "quasar_miner_in_flight") == 0
+    assert time.monotonic() - started < 3  # not held up by the engine's 5 s
+
+
 def test_keeps_serving_after_every_kind_of_error_and_counts_outcomes(
     wallets: Wallets, chain: FakeChain, tgi: FakeTGI
 ) -> None:
@@ -437,14 +466,6 @@ class FlakyChain:
 
     async def weight_limits(self) -> WeightLimits:
         raise AssertionError("a miner sets no weights")
-
-
-async def until(check: Callable[[], Awaitable[bool]]) -> None:
-    for _ in range(200):  # metagraph syncs run every 50 ms in these tests
-        if await check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in 2 s")
 
 
 def test_metagraph_changes_take_effect_and_an_unreachable_chain_keeps_the_last_snapshot(

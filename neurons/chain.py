@@ -77,6 +77,8 @@ class Chain(Protocol):
 
 # FakeChain's defaults: no share cap and no rate limit, so mock mode can set weights every epoch.
 DEFAULT_FAKE_LIMITS = WeightLimits(max_weight=1.0, min_allowed_weights=1, rate_limit_blocks=0)
+# What loading a hotkey file can raise: missing or unreadable file, undecodable content.
+_HOTKEY_LOAD_ERRORS = (OSError, KeyfileError, bittensor.BittensorError, ValueError)
 # Slack for float rounding when checking a normalised share against max_weight.
 _SHARE_TOLERANCE = 1e-6
 
@@ -238,7 +240,7 @@ class BittensorChain:
         self.network, self.endpoint = _resolve(chain_endpoint or network or DEFAULT_NETWORK)
         try:
             self.hotkey: str = wallet.hotkey.ss58_address
-        except (OSError, KeyfileError, bittensor.BittensorError, ValueError) as exc:
+        except _HOTKEY_LOAD_ERRORS as exc:
             raise ChainError(f"cannot load the hotkey of {wallet}: {exc}") from exc
         self._client: bittensor.Client | None = None
         self._connecting = asyncio.Lock()
@@ -379,6 +381,6 @@ def load_wallet(name: str, hotkey: str, path: str) -> bittensor.Wallet:
     wallet = bittensor.Wallet(name=name, hotkey=hotkey, path=path)
     try:
         wallet.hotkey  # noqa: B018 - loads and caches the keypair
-    except (OSError, KeyfileError, bittensor.BittensorError, ValueError) as exc:
+    except _HOTKEY_LOAD_ERRORS as exc:
         raise ChainError(f"cannot load hotkey {hotkey!r} of wallet {name!r} under {path}: {exc}") from exc
     return wallet

@@ -645,7 +645,8 @@ async def start_engine_server(
         raise ValueError(f"max input tokens ({max_input}) must be < max total tokens ({total}) and positive")
     if payload_limit <= 0:
         raise ValueError(f"the payload limit must be positive, got {payload_limit}")
-    server = EngineServer(Generator(loaded), source, max_input, total, payload_limit)
+    # /info names the model as given, as TGI echoes its --model-id: miners compare it with their flag.
+    server = EngineServer(Generator(loaded), model or TINY_MODEL, max_input, total, payload_limit)
     # handler_cancellation: a client that hangs up cancels its handler, which stops its generation.
     runner = web.AppRunner(
         server.app(), handle_signals=False, handler_cancellation=True, shutdown_timeout=shutdown_timeout_s

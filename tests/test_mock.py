@@ -1,0 +1,77 @@
+"""Mock mode: its answerers, and a whole mock subnet run through the validator's command line."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evaluation.contexts import build_item
+from evaluation.grading import grade
+from evaluation.tasks import LONGBENCH_TASKS, SYNTHETIC_TASKS
+from evaluation.tokenizer import load_tokenizer
+from neurons import state as state_io
+from neurons.mock import demo_records, memorised_answer, read_answer, verdict
+from neurons.validator import main
+
+
+@pytest.mark.parametrize("task", SYNTHETIC_TASKS)
+def test_the_reader_answers_synthetic_tasks_from_the_prompt_alone(task: str) -> None:
+    tokenizer = load_tokenizer(None)
+    for index in range(2):
+        item = build_item(task, "32k", index, tokenizer=tokenizer, seed=11)
+        assert grade(item, read_answer(item.prompt)) == 1.0
+
+
+def test_the_memorizer_answers_the_public_answer_and_the_guard_catches_named_entities() -> None:
+    assert demo_records(["niah_single"]) == {}
+    records = demo_records(["narrativeqa", "niah_single"])
+    assert set(records) == set(LONGBENCH_TASKS)
+    public = [record for dataset in records.values() for record in dataset]
+    item = build_item("narrativeqa", "32k", 0, tokenizer=load_tokenizer(None), seed=5, records=records)
+    answer = memorised_answer(item.prompt, public)
+    assert answer in {a for r in public for a in r.answers}  # an original answer, not the perturbed one
+    assert answer not in item.answers
+    assert grade(item, answer) == 0.0
+    synthetic = build_item("niah_single", "32k", 0, tokenizer=load_tokenizer(None), seed=5)
+    guess = memorised_answer(synthetic.prompt, public)
+    assert guess.isdigit()
+    assert grade(synthetic, guess) == 0.0
+
+
+def test_verdict_says_whether_honest_miners_win() -> None:
+    kinds = {1: "honest", 2: "reader", 3: "empty", 4: "memorizer"}
+    assert verdict({1: 0.5, 2: 0.9, 3: 0.0, 4: 0.1}, kinds).endswith("both adversaries: yes")
+    assert "adversaries: no" in verdict({1: 0.0, 2: 0.9, 3: 0.0, 4: 0.0}, kinds)
+
+
+def test_mock_mode_runs_rounds_writes_the_leaderboard_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    summary, state = tmp_path / "summary.json", tmp_path / "state.json"
+    flags = ["--mock", "--mock.honest", "1", "--wandb.off", "--neuron.state_path", str(state)]
+    assert main([*flags, "--rounds", "2", "--summary-json", str(summary)], "test") == 0
+    rows = json.loads(summary.read_text())
+    kinds = {row["kind"] for row in rows}
+    assert kinds == {"honest", "reader", "empty", "memorizer"}
+    score = {row["kind"]: row["score"] for row in rows}
+    # Synthetic tasks: the reader reads every answer; neither adversary can score.
+    assert score["reader"] == pytest.approx(0.19)  # alpha 0.1, two perfect rounds
+    assert score["empty"] == 0.0
+    assert score["memorizer"] == 0.0
+    # The tiny model answers noise: the honest miner was asked and scored, but only ties the adversaries.
+    assert score["honest"] == 0.0
+    out = capsys.readouterr().out
+    assert "memorizer" in out
+    assert "every honest miner outscores both adversaries: no" in out
+    hotkeys = {row["uid"]: row["hotkey"] for row in rows}
+    saved = json.loads(state.read_text())
+    assert saved["round"] == 2
+    assert saved["last_weights_block"] is not None  # mock epochs are 2 blocks: weights were set
+
+    # A restart with the same state file keeps the hotkeys and scores and goes on counting rounds.
+    assert main([*flags, "--rounds", "1"], "test") == 0
+    resumed = state_io.load(state, saved["netuid"], saved["hotkey"])
+    assert resumed.round == 3
+    assert {uid: resumed.hotkeys[uid] for uid in hotkeys} == hotkeys
+    reader_uid = next(row["uid"] for row in rows if row["kind"] == "reader")
+    assert resumed.combined[reader_uid] == pytest.approx(0.271)

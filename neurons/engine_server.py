@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 import threading
@@ -35,6 +36,8 @@ from prometheus_client.registry import Collector
 
 from evaluation.engines import EngineError, LoadedModel, load_local_model
 from evaluation.local_model import LOCAL_MAX_TOTAL_TOKENS, ensure_local_model
+
+log = logging.getLogger("quasar.engine")
 
 TINY_MODEL = "tiny"
 DEFAULT_PAYLOAD_LIMIT = 64 * 1024 * 1024  # bytes: a 2M-token prompt is ~8 MB of text, TGI's 2 MB is too small
@@ -133,13 +136,13 @@ class _TokenRecorder:
             return
         for token_id in value.reshape(-1).tolist():
             self.ids.append(token_id)
-            logprob = float(self._logprobs[token_id]) if self._logprobs is not None else 0.0
+            logprob = float(self._logprobs[token_id])
             token = Token(token_id, self._next_text(), logprob, token_id in self._special_ids)
             self.tokens.append(token)
             self._on_token(token)
 
     def end(self) -> None:  # BaseStreamer
-        pass
+        """Nothing to flush: put() hands every token over at once."""
 
     def _next_text(self) -> str:
         decode = self._tokenizer.decode
@@ -173,6 +176,10 @@ class Generator:
         self._model = loaded.model
         self._special_ids = set(loaded.tokenizer.all_special_ids)
         self._eos_id = loaded.tokenizer.eos_token_id
+        # Chat models often end on one of several tokens; generate() stops on any of them.
+        configured = loaded.model.generation_config.eos_token_id
+        listed = configured if isinstance(configured, list) else [configured]
+        self._eos_ids = {i for i in [self._eos_id, *listed] if i is not None}
         self.compute_type = "gpu" if loaded.model.device.type == "cuda" else "cpu"  # TGI's x-compute-type
 
     def encode(self, text: str) -> list[int]:
@@ -201,7 +208,7 @@ class Generator:
                 streamer=recorder,
             )
         text = self._tokenizer.decode(recorder.ids, skip_special_tokens=True)
-        finish_reason = "eos_token" if recorder.ids and recorder.ids[-1] == self._eos_id else "length"
+        finish_reason = "eos_token" if recorder.ids and recorder.ids[-1] in self._eos_ids else "length"
         return recorder.tokens, text, finish_reason
 
 
@@ -388,7 +395,7 @@ class EngineServer:
         self, inputs: str, ids: list[int], max_new_tokens: int | None, parameters: dict[str, Any]
     ) -> Job:
         if max_new_tokens is None:
-            max_new_tokens = min(max(self.max_total_tokens - len(ids), 1), DEFAULT_GENERATION_LENGTH)
+            max_new_tokens = min(max(self.max_total_tokens - len(ids), 0), DEFAULT_GENERATION_LENGTH)
         if len(ids) + max_new_tokens > self.max_total_tokens:
             raise InvalidRequestError(
                 f"`inputs` tokens + `max_new_tokens` must be <= {self.max_total_tokens}. "
@@ -685,6 +692,8 @@ def main(argv: Sequence[str], prog: str) -> int:
         help="seconds running requests get on exit",
     )
     args = parser.parse_args(list(argv))
+    # INFO also turns on aiohttp's access log: one line per request.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(_serve(args))
     except (EngineError, ValueError, OSError) as error:
@@ -701,7 +710,7 @@ def _positive(text: str) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    log.info("loading %s ...", args.model)
     running = await start_engine_server(
         args.model,
         args.host,
@@ -712,16 +721,17 @@ async def _serve(args: argparse.Namespace) -> None:
         args.graceful_termination_timeout,
     )
     server = running.server
-    print(
-        f"serving {server.model_id} at {running.url} (max input tokens {server.max_input_tokens}, "
-        f"max total tokens {server.max_total_tokens})",
-        file=sys.stderr,
-        flush=True,
+    log.info(
+        "serving %s at %s (max input tokens %d, max total tokens %d)",
+        server.model_id,
+        running.url,
+        server.max_input_tokens,
+        server.max_total_tokens,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    print("stopping: finishing running requests ...", file=sys.stderr, flush=True)
+    log.info("stopping: running and queued requests may finish ...")
     await running.stop()

@@ -179,7 +179,7 @@ def test_requests_wait_in_a_queue_while_health_and_metrics_answer(server: Hosted
     async def scenario() -> tuple[float, float, list[Generation]]:
         engine = make_engine("tgi", server.url, None, 60.0)
         prompt = "the" + " the" * 1500
-        calls = [asyncio.create_task(engine.generate(prompt, 256)) for _ in range(3)]
+        calls = [asyncio.create_task(engine.generate(prompt, 128)) for _ in range(2)]
         most_queued, slowest_health = 0.0, 0.0
         async with httpx2.AsyncClient(base_url=server.url) as client:
             while not all(call.done() for call in calls):
@@ -290,3 +290,22 @@ def test_too_many_requests_in_flight_are_refused(
             return [(await first).status_code, second.status_code]
 
     assert asyncio.run(two_at_once()) == [200, 429]
+
+
+def test_stopping_lets_the_running_request_finish(local_model: Path) -> None:
+    async def scenario() -> tuple[int, bool]:
+        running = await start_engine_server(str(local_model), max_total_tokens=4096)
+        async with httpx2.AsyncClient(base_url=running.url, timeout=30) as client:
+            body = {"inputs": "the" + " the" * 1000, "parameters": {"max_new_tokens": 200}}
+            answer = asyncio.create_task(client.post("/generate", json=body))
+            while metric((await client.get("/metrics")).text, "tgi_batch_current_size") == 0:
+                await asyncio.sleep(0.005)
+            await running.stop()
+            refused = False
+            try:
+                await client.get("/health")
+            except httpx2.TransportError:
+                refused = True  # no longer listening
+            return (await answer).status_code, refused
+
+    assert asyncio.run(scenario()) == (200, True)

@@ -587,28 +587,16 @@ class RunningMiner:
 async def start_miner(
     config: MinerConfig, chain: Chain, engine: Engine, *, host: str = "127.0.0.1", port: int = 0
 ) -> RunningMiner:
-    """Bind the server, read the metagraph and announce the endpoint, then serve. The endpoint announced
-    is `config.external_ip`/`external_port`, each defaulting to the address actually bound (port 0 picks
-    a free one)."""
+    """Serve, then read the metagraph, announce the endpoint and ask the engine for its limits. The
+    endpoint announced is `config.external_ip`/`external_port`, each defaulting to the address actually
+    bound (port 0 picks a free one). Serving comes first: the endpoint answers by the time it is announced,
+    and liveness probes pass while a slow chain or engine is waited for (readiness tells them apart)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_port: int = sock.getsockname()[1]
     endpoint = (config.external_ip or host, config.external_port or bound_port)
     miner = _Miner(config, chain, engine, endpoint)
-    await miner.chain.sync()
-    problem = await miner.probe.problem()
-    if problem is not None:
-        log.warning("the engine cannot answer yet (queries get 503 until it can): %s", problem)
-    elif miner.probe.info is not None:
-        info = miner.probe.info
-        log.info(
-            "engine %s serves %s: at most %s input and %s total tokens",
-            engine.name,
-            info.model_id,
-            info.max_input_tokens,
-            info.max_total_tokens,
-        )
     # Cancel a handler when its validator hangs up: its engine request is closed, not left running.
     # No auto_decompress: aiohttp would gunzip the body unbounded, before the signature (which covers the
     # compressed bytes) is checked; protocol.decode_request decompresses it, bounded, after the checks.
@@ -617,9 +605,35 @@ async def start_miner(
     )
     await runner.setup()
     await web.SockSite(runner, sock).start()
+    log.info(
+        "miner for %s serving on %s:%d; its endpoint for validators: %s:%d",
+        chain.hotkey,
+        host,
+        bound_port,
+        *endpoint,
+    )
+    try:
+        await miner.chain.sync()
+        await _log_engine(engine, miner.probe)
+    except BaseException:
+        await runner.cleanup()
+        raise
     sync_task = asyncio.create_task(miner.chain.run(config.sync_interval_s), name="metagraph-sync")
-    log.info("miner for %s serving on %s:%d, announced as %s:%d", chain.hotkey, host, bound_port, *endpoint)
     return RunningMiner(f"http://{host}:{bound_port}", bound_port, runner, sync_task)
+
+
+async def _log_engine(engine: Engine, probe: EngineProbe) -> None:
+    problem = await probe.problem()
+    if problem is not None:
+        log.warning("the engine cannot answer yet (queries get 503 until it can): %s", problem)
+    elif probe.info is not None:
+        log.info(
+            "engine %s serves %s: at most %s input and %s total tokens",
+            engine.name,
+            probe.info.model_id,
+            probe.info.max_input_tokens,
+            probe.info.max_total_tokens,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -309,3 +309,17 @@ def test_stopping_lets_the_running_request_finish(local_model: Path) -> None:
             return (await answer).status_code, refused
 
     assert asyncio.run(scenario()) == (200, True)
+
+
+def test_truncate_keeps_the_end_of_the_prompt_and_full_text_prepends_it(server: HostedServer) -> None:
+    long = "the" + " the" * (MAX_INPUT_TOKENS + 500) + " key"
+    body = {"inputs": long, "parameters": {"max_new_tokens": 2, "truncate": 100}}
+    answer = httpx2.post(server.url + "/generate", json=body, timeout=30)
+    assert answer.status_code == 200
+    assert answer.headers["x-prompt-tokens"] == "100"
+    full = {"inputs": PROMPT, "parameters": {"max_new_tokens": 2, "return_full_text": True}}
+    assert (
+        httpx2.post(server.url + "/generate", json=full, timeout=30)
+        .json()["generated_text"]
+        .startswith(PROMPT)
+    )

@@ -525,7 +525,9 @@ class _Miner:
         budget = deadline_budget(query.deadline_unix, time.time(), self._config.engine_timeout_s)
         if budget is None:
             late = time.time() - query.deadline_unix
-            return Refusal(408, "expired", f"the request's deadline passed {late:.3f} s before it arrived")
+            return Refusal(
+                408, "expired", f"the request's deadline had passed {late:.3f} s before it was read"
+            )
         problem = await self.probe.problem()
         if problem is not None:
             return Refusal(503, "engine_down", problem)
@@ -534,7 +536,10 @@ class _Miner:
                 self._engine.generate(query.prompt, query.max_new_tokens), budget
             )
         except TimeoutError:
-            return Refusal(504, "timeout", f"no answer from the engine within {budget:.3f} s (the deadline)")
+            bound = (
+                "--engine.timeout" if budget >= self._config.engine_timeout_s else "the request's deadline"
+            )
+            return Refusal(504, "timeout", f"no answer from the engine within {budget:.3f} s ({bound})")
         except EngineError as error:
             refusal = classify_engine_error(str(error), self.probe.info)
             if refusal.outcome == "engine_down":

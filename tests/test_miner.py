@@ -402,6 +402,7 @@ def test_engine_slower_than_the_deadline_gets_504(wallets: Wallets, chain: FakeC
     )
     assert status == 504
     assert body["error"] == "timeout"
+    assert "the request's deadline" in body["reason"]
     assert time.monotonic() - started < 3
 
 

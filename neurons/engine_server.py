@@ -639,11 +639,12 @@ async def start_engine_server(
     max_input_tokens: int | None = None,
     max_total_tokens: int | None = None,
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
-    shutdown_timeout_s: float = 90.0,
+    shutdown_timeout_s: float = 5.0,
 ) -> RunningEngineServer:
     """Load the model, then listen (port 0: an ephemeral port). Limits default to the model's context
-    (its max_position_embeddings) and one token less for the prompt, as TGI's do. Raises EngineError
-    when the model cannot be loaded, ValueError on inconsistent limits."""
+    (its max_position_embeddings) and one token less for the prompt, as TGI's do. On stop(), running
+    requests get `shutdown_timeout_s` to finish (short: tests and mock mode; the CLI gives TGI's 90 s).
+    Raises EngineError when the model cannot be loaded, ValueError on inconsistent limits."""
     source = await asyncio.to_thread(resolve_model, model)
     loaded = await asyncio.to_thread(load_local_model, f"local:{source}", source)
     total = max_total_tokens or loaded.max_total_tokens or LOCAL_MAX_TOTAL_TOKENS

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -443,7 +443,7 @@ class _Miner:
     def app(self) -> web.Application:
         # aiohttp's own cap bounds a chunked body (no Content-Length) while it is read.
         app = web.Application(client_max_size=protocol.MAX_BODY_BYTES)
-        app.router.add_post(protocol.QUERY_PATH, self.query)
+        app.router.add_post(protocol.QUERY_PATH, self.query, expect_handler=_defer_continue)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_page)
@@ -509,6 +509,8 @@ class _Miner:
         )
         if refusal is not None:
             return refusal
+        if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -562,6 +564,11 @@ class _Miner:
         return _Answer(
             protocol.encode_response(response), generation.prompt_tokens, generation.completion_tokens
         )
+
+
+async def _defer_continue(request: web.Request) -> None:
+    """`Expect: 100-continue` (curl sends it with large bodies) is answered by the query handler once the
+    header checks pass, so a refused client never sends its body; aiohttp would answer it before them."""
 
 
 def _refusal_response(refusal: Refusal, body_read: bool) -> web.Response:

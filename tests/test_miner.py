@@ -288,6 +288,19 @@ def test_refuses_bad_signatures_replays_and_tampering(
     assert len(generations(tgi)) == 1
 
 
+async def send_head(
+    port: int, headers: Mapping[str, str], content_length: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A query's request line and headers on a raw connection, without its body."""
+    head = [f"POST {protocol.QUERY_PATH} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    head += [f"{name}: {value}" for name, value in headers.items()]
+    head.append(f"Content-Length: {content_length}")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+    await writer.drain()
+    return reader, writer
+
+
 def test_oversize_body_is_refused_from_its_declared_length(
     wallets: Wallets, chain: FakeChain, tgi: FakeTGI
 ) -> None:
@@ -295,17 +308,39 @@ def test_oversize_body_is_refused_from_its_declared_length(
 
     async def use(client: Client) -> bytes:
         headers = signed_headers(wallets.validator, b"", client.miner_hotkey)
-        head = [f"POST {protocol.QUERY_PATH} HTTP/1.1", f"Host: 127.0.0.1:{client.miner.port}"]
-        head += [f"{name}: {value}" for name, value in headers.items()]
-        head.append(f"Content-Length: {protocol.MAX_BODY_BYTES + 1}")
-        reader, writer = await asyncio.open_connection("127.0.0.1", client.miner.port)
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
-        await writer.drain()
+        reader, writer = await send_head(client.miner.port, headers, protocol.MAX_BODY_BYTES + 1)
         status_line = await asyncio.wait_for(reader.readline(), 5)
         writer.close()
         return status_line
 
     assert run(wallets, chain, tgi.url, use).startswith(b"HTTP/1.1 413")
+
+
+def test_expect_continue_is_answered_only_after_the_header_checks(
+    wallets: Wallets, chain: FakeChain, tgi: FakeTGI
+) -> None:
+    """curl sends `Expect: 100-continue` with large bodies: a refused caller must not be invited to send."""
+
+    async def use(client: Client) -> list[bytes]:
+        body = query()
+        expect = {"Expect": "100-continue"} | protocol.REQUEST_HEADERS
+        outsider = expect | signed_headers(wallets.outsider, body, client.miner_hotkey)
+        reader, writer = await send_head(client.miner.port, outsider, len(body))
+        lines = [await asyncio.wait_for(reader.readline(), 5)]
+        writer.close()
+        validator = expect | signed_headers(wallets.validator, body, client.miner_hotkey)
+        reader, writer = await send_head(client.miner.port, validator, len(body))
+        lines.append(await asyncio.wait_for(reader.readline(), 5))
+        await reader.readline()  # the blank line ending the interim response
+        writer.write(body)
+        lines.append(await asyncio.wait_for(reader.readline(), 5))
+        writer.close()
+        return lines
+
+    forbidden, go_on, answered = run(wallets, chain, tgi.url, use)
+    assert forbidden.startswith(b"HTTP/1.1 403")
+    assert go_on.startswith(b"HTTP/1.1 100")
+    assert answered.startswith(b"HTTP/1.1 200")
 
 
 def test_oversize_chunked_body_is_cut_off_while_read(

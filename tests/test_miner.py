@@ -702,6 +702,11 @@ def test_bad_flags_are_named(flags: list[str], named: str) -> None:
         config_from_args(build_parser("miner").parse_args(["--netuid", "1", *flags]))
 
 
+def test_external_ip_is_canonical_so_it_compares_equal_to_the_chains() -> None:
+    args = build_parser("miner").parse_args(["--netuid", "1", "--axon.external_ip", "2001:DB8:0::1"])
+    assert config_from_args(args).external_ip == "2001:db8::1"
+
+
 def test_main_requires_the_external_ip(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--netuid", "1"], "miner") == 2
     assert "--axon.external_ip" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import random
 import secrets
 import signal
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 
@@ -378,24 +379,42 @@ class WandbLogger:
     """One WandB run per validator (id from netuid and hotkey, resumed across restarts)."""
 
     def __init__(
-        self, project: str, entity: str | None, netuid: int, hotkey: str, config: dict[str, Any]
+        self,
+        project: str,
+        entity: str | None,
+        netuid: int,
+        hotkey: str,
+        config: dict[str, Any],
+        mode: Literal["online", "offline"] | None = None,
     ) -> None:
         import wandb
 
-        self._run = wandb.init(
-            project=project,
-            entity=entity,
-            name=f"validator-{hotkey[:8]}",
-            id=f"quasar-{netuid}-{hotkey[:16]}",
-            resume="allow",
-            config=config,
-        )
+        try:
+            self._run = wandb.init(
+                project=project,
+                entity=entity,
+                name=f"validator-{hotkey[:8]}",
+                id=f"quasar-{netuid}-{hotkey[:16]}",
+                resume="allow",
+                config=config,
+                mode=mode,
+            )
+        except wandb.errors.Error as error:
+            raise InputError(
+                "--wandb.project",
+                f"WandB did not start ({error}); "
+                "run `wandb login`, set WANDB_MODE=offline or pass --wandb.off",
+            ) from None
 
     def __call__(self, result: RoundResult, state: ValidatorState) -> None:
         self._run.log(round_metrics(result), step=result.round)
 
     def finish(self) -> None:
+        import wandb
+
         self._run.finish()
+        # wandb keeps process-wide settings (mode, folder) from its first init; the validator is done with it.
+        wandb.teardown()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -720,7 +739,9 @@ def _wandb_factory(args: argparse.Namespace) -> WandbFactory:
     def make(netuid: int, hotkey: str, config: dict[str, Any]) -> WandbLogger | None:
         if args.wandb_off:
             return None
-        return WandbLogger(args.wandb_project, args.wandb_entity, netuid, hotkey, config)
+        # Mock mode must run without a WandB account: it logs offline unless WANDB_MODE says otherwise.
+        mode: Literal["offline"] | None = "offline" if args.mock and "WANDB_MODE" not in os.environ else None
+        return WandbLogger(args.wandb_project, args.wandb_entity, netuid, hotkey, config, mode)
 
     return make
 
@@ -751,4 +772,7 @@ def main(argv: Sequence[str], prog: str = "quasar validator") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], "neurons/validator.py"))
+    # Run the package's module, not this file's second copy as __main__ (mock mode imports it by name).
+    from neurons.validator import main as package_main
+
+    sys.exit(package_main(sys.argv[1:], "neurons/validator.py"))

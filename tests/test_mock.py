@@ -1,6 +1,9 @@
 """Mock mode: its answerers, and a whole mock subnet run through the validator's command line."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,7 +51,7 @@ def test_mock_mode_runs_rounds_writes_the_leaderboard_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     summary, state = tmp_path / "summary.json", tmp_path / "state.json"
-    flags = ["--mock", "--mock.honest", "1", "--wandb.off", "--neuron.state_path", str(state)]
+    flags = ["--mock", "--mock.honest", "1", "--neuron.state_path", str(state), "--wandb.off"]
     assert main([*flags, "--rounds", "2", "--summary-json", str(summary)], "test") == 0
     rows = json.loads(summary.read_text())
     kinds = {row["kind"] for row in rows}
@@ -68,8 +71,15 @@ def test_mock_mode_runs_rounds_writes_the_leaderboard_and_resumes(
     assert saved["round"] == 2
     assert saved["last_weights_block"] is not None  # mock epochs are 2 blocks: weights were set
 
-    # A restart with the same state file keeps the hotkeys and scores and goes on counting rounds.
-    assert main([*flags, "--rounds", "1"], "test") == 0
+    # A restart with the same state file keeps the hotkeys and scores and goes on counting rounds. This run is
+    # the script in a process of its own (wandb keeps process-wide state), with WandB on: offline, as mock
+    # mode defaults to without an account.
+    env = {**os.environ, "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    env.pop("WANDB_MODE", None)
+    script = [sys.executable, "neurons/validator.py", *flags[:-1], "--rounds", "1"]
+    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
     resumed = state_io.load(state, saved["netuid"], saved["hotkey"])
     assert resumed.round == 3
     assert {uid: resumed.hotkeys[uid] for uid in hotkeys} == hotkeys

@@ -3,7 +3,10 @@ state kept across restarts, weights on the FakeChain with retries, scoring while
 
 import asyncio
 import functools
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -376,3 +379,21 @@ def test_state_errors_name_the_file(tmp_path: Path) -> None:
     state_io.save(path, ValidatorState(NETUID, "5Mine"))
     with pytest.raises(StateError, match="belongs to validator hotkey"):
         state_io.load(path, NETUID, "5Other")
+
+
+def test_wandb_without_an_account_is_a_clear_error(tmp_path: Path) -> None:
+    # A process of its own: wandb keeps process-wide state, and this also runs the file as a script.
+    env = {
+        **os.environ,
+        "WANDB_MODE": "online",
+        "WANDB_DIR": str(tmp_path),
+        "WANDB_CONFIG_DIR": str(tmp_path),
+    }
+    env["NETRC"] = str(tmp_path / "netrc")
+    env.pop("WANDB_API_KEY", None)
+    flags = ["--mock", "--mock.honest", "0", "--rounds", "1", "--neuron.state_path", str(tmp_path / "s.json")]
+    done = subprocess.run(
+        [sys.executable, "neurons/validator.py", *flags], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert "run `wandb login`, set WANDB_MODE=offline or pass --wandb.off" in done.stderr

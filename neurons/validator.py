@@ -311,11 +311,9 @@ class Validator:
                     return
                 await self.chain.set_weights(list(weights), list(weights.values()))
             except ChainError as error:
-                delay = self.config.weight_backoff_s * 2**attempt
-                log.warning(
-                    "setting weights failed (attempt %d): %s; retrying in %.0f s", attempt + 1, error, delay
-                )
-                await asyncio.sleep(delay)
+                log.warning("setting weights failed (attempt %d): %s", attempt + 1, error)
+                if attempt + 1 < self.config.weight_attempts:
+                    await asyncio.sleep(self.config.weight_backoff_s * 2**attempt)
                 continue
             log.info("weights set at block %d for %d uids", snapshot.block, len(weights))
             self.state.last_weights_block = snapshot.block

@@ -4,8 +4,8 @@ A FakeChain; one local engine server (neurons/engine_server.py, the tiny model) 
 and miners of four kinds, every one a real miner server (neurons/miner.py) reached over loopback HTTP with
 signed requests, so mock mode runs exactly the production path:
 
-- honest: real inference with the tiny model through the engine server. The tiny model is a randomly
-  initialised 2-layer network: it answers noise ("::::..."), so it scores 0 like an empty answer.
+- honest: real inference through the engine server, by default with the tiny model: a randomly
+  initialised 2-layer network that answers noise ("::::..."), so it scores 0 like an empty answer.
 - reader: reads the context with rules written for the synthetic tasks (find the needle for the asked key,
   follow the VAR chain, count the words) and answers from what it read. It shows what reading earns; it
   does no inference and knows nothing the prompt does not say.
@@ -68,7 +68,13 @@ def add_mock_flags(parser: argparse.ArgumentParser) -> None:
         dest="mock_honest",
         type=int,
         default=3,
-        help="honest miners running the tiny model (default: 3)",
+        help="honest miners running the engine server's model (default: 3)",
+    )
+    group.add_argument(
+        "--mock.model",
+        dest="mock_model",
+        help="the model the honest miners' engine server runs, a folder or Hub id in the HF cache "
+        "(default: the tiny model); measure buckets in its tokenizer with --neuron.tokenizer",
     )
     group.add_argument(
         "--mock.readers",
@@ -83,6 +89,7 @@ def add_mock_flags(parser: argparse.ArgumentParser) -> None:
 class MockConfig:
     honest: int = 3
     readers: int = 1
+    model: str | None = None  # None: the tiny model
     # A state file named on the command line: mock wallets live beside it, so a restarted mock run keeps
     # its hotkeys and scores. Otherwise wallets and state go to a temporary folder.
     keep_state: bool = False
@@ -92,7 +99,9 @@ def mock_config_from_args(args: argparse.Namespace) -> MockConfig:
     for flag, value in (("--mock.honest", args.mock_honest), ("--mock.readers", args.mock_readers)):
         if value < 0:
             raise InputError(flag, f"must not be negative, got {value}")
-    return MockConfig(args.mock_honest, args.mock_readers, keep_state=args.state_path is not None)
+    return MockConfig(
+        args.mock_honest, args.mock_readers, args.mock_model, keep_state=args.state_path is not None
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -205,7 +214,7 @@ async def mock_subnet(
     validator_wallet = create_wallet("quasar-mock", "validator", str(wallet_path))
     chain.register(validator_wallet.hotkey.ss58_address, stake=VALIDATOR_STAKE, validator_permit=True)
     public = [r for rs in (records or {}).values() for r in rs]
-    engine_server = await start_engine_server() if mock.honest else None
+    engine_server = await start_engine_server(mock.model) if mock.honest else None
     engines: list[tuple[str, Engine]] = []
     if engine_server is not None:
         engines += [

@@ -9,12 +9,20 @@ from pathlib import Path
 import pytest
 
 from evaluation.contexts import build_item
+from evaluation.errors import InputError
 from evaluation.grading import grade
 from evaluation.tasks import LONGBENCH_TASKS, SYNTHETIC_TASKS
 from evaluation.tokenizer import load_tokenizer
 from neurons import state as state_io
-from neurons.mock import demo_records, memorised_answer, read_answer, verdict
-from neurons.validator import main
+from neurons.mock import (
+    MockConfig,
+    demo_records,
+    memorised_answer,
+    mock_config_from_args,
+    read_answer,
+    verdict,
+)
+from neurons.validator import build_parser, main
 
 
 @pytest.mark.parametrize("task", SYNTHETIC_TASKS)
@@ -39,6 +47,26 @@ def test_the_memorizer_answers_the_public_answer_and_the_guard_catches_named_ent
     guess = memorised_answer(synthetic.prompt, public)
     assert guess.isdigit()
     assert grade(synthetic, guess) == 0.0
+
+
+def test_mock_flags() -> None:
+    args = build_parser("test").parse_args(
+        [
+            "--mock",
+            "--mock.honest",
+            "2",
+            "--mock.readers",
+            "0",
+            "--mock.model",
+            "m",
+            "--neuron.state_path",
+            "s",
+        ]
+    )
+    assert mock_config_from_args(args) == MockConfig(honest=2, readers=0, model="m", keep_state=True)
+    assert mock_config_from_args(build_parser("test").parse_args(["--mock"])) == MockConfig()
+    with pytest.raises(InputError, match=r"--mock\.honest"):
+        mock_config_from_args(build_parser("test").parse_args(["--mock", "--mock.honest", "-1"]))
 
 
 def test_verdict_says_whether_honest_miners_win() -> None:

@@ -91,6 +91,12 @@ def eligible_miners(
     ]
 
 
+def query_url(endpoint: tuple[str, int], path: str) -> str:
+    """The URL of `path` on a served endpoint; an IPv6 address goes in brackets."""
+    host, port = endpoint
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+
+
 def sample_miners(miners: Sequence[Miner], size: int, rng: random.Random) -> list[Miner]:
     """Up to `size` distinct miners, uniformly at random, in uid order."""
     if size < 1:

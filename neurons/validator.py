@@ -119,8 +119,7 @@ async def query_miner(
     deadline_s: float,
 ) -> Answer:
     """POST the encoded request to one miner, signed for its hotkey; a failure is an Answer with an error."""
-    host, port = miner.endpoint
-    url = f"http://{host}:{port}{protocol.QUERY_PATH}"
+    url = rounds.query_url(miner.endpoint, protocol.QUERY_PATH)
     headers = {**protocol.REQUEST_HEADERS, **signed_headers(wallet, body, miner.hotkey)}
     start = time.perf_counter()
 

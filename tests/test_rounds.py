@@ -51,6 +51,11 @@ def test_eligible_miners_serve_an_endpoint_and_exclude_the_validator() -> None:
     assert [m.uid for m in rounds.eligible_miners(neurons, "val")] == [1, 3]
 
 
+def test_query_urls() -> None:
+    assert rounds.query_url(("10.0.0.7", 8091), "/v1/query") == "http://10.0.0.7:8091/v1/query"
+    assert rounds.query_url(("2001:db8::1", 8091), "/v1/query") == "http://[2001:db8::1]:8091/v1/query"
+
+
 def test_sampling_is_distinct_bounded_and_covers_everyone() -> None:
     miners = [Miner(uid, f"hk{uid}", ("127.0.0.1", 1000 + uid)) for uid in range(10)]
     rng = random.Random(1)

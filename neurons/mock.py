@@ -50,7 +50,7 @@ from neurons.validator import ValidatorConfig, WandbFactory, load_records, run_v
 
 VALIDATOR_STAKE = 10_000.0
 DEMO_RECORDS_PER_DATASET = 40  # enough distractor documents to fill the 32k bucket
-# The tiny model, one request at a time on a CPU: a 32k-token prompt takes a few seconds.
+# An upper bound only: each query's own deadline (60 s + 0.1 s per 1k tokens in mock mode) stops it first.
 ENGINE_TIMEOUT_S = 600.0
 
 _QUESTION = "Question:"

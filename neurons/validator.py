@@ -508,7 +508,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     neuron.add_argument(
         "--neuron.bucket_weights",
         dest="bucket_weights",
-        help=f"buckets and weights, BUCKET=WEIGHT,...; no bucket above {rounds.MAX_BUCKET_SHARE:.0%} "
+        help=f"buckets and weights, BUCKET=WEIGHT,...; no bucket above {rounds.MAX_BUCKET_SHARE:.0%}% "
         f"(default: {rounds.DEFAULT_BUCKET_WEIGHTS}; mock: 32k=1)",
     )
     neuron.add_argument(

@@ -397,3 +397,19 @@ def test_wandb_without_an_account_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "run `wandb login`, set WANDB_MODE=offline or pass --wandb.off" in done.stderr
+
+
+def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"], "quasar validator")
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for flag in (
+        "--neuron.bucket_weights",
+        "--neuron.epoch_length",
+        "--wandb.off",
+        "--mock.model",
+        "--rounds",
+    ):
+        assert flag in out
+    assert "no bucket above 90%" in out

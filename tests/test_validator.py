@@ -403,7 +403,7 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["--help"], "quasar validator")
     assert exited.value.code == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
     for flag in (
         "--neuron.bucket_weights",
         "--neuron.epoch_length",

@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	$(BIN)/quasar eval run
+	$(BIN)/quasar validator --mock --rounds 3
 
 lint: install
 	$(BIN)/ruff check .

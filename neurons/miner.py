@@ -44,6 +44,7 @@ from evaluation.errors import InputError
 from neurons import protocol
 from neurons.auth import AuthError, RequestVerifier, caller_hotkey
 from neurons.chain import Chain, ChainError, MetagraphSnapshot
+from neurons.flags import add_wallet_and_chain_arguments
 
 log = logging.getLogger("quasar.miner")
 
@@ -91,20 +92,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="QUASAR miner: answer validators' long-context queries through an engine."
     )
-    wallet = parser.add_argument_group("wallet")
-    wallet.add_argument("--wallet.name", dest="wallet_name", default="default", help="coldkey wallet name")
-    wallet.add_argument("--wallet.hotkey", dest="wallet_hotkey", default="default", help="hotkey name")
-    wallet.add_argument(
-        "--wallet.path", dest="wallet_path", default="~/.bittensor/wallets", help="wallets folder"
-    )
-    chain = parser.add_argument_group("chain")
-    chain.add_argument(
-        "--subtensor.network", dest="network", default="finney", help="finney, test, local (default: finney)"
-    )
-    chain.add_argument(
-        "--subtensor.chain_endpoint", dest="chain_endpoint", help="ws(s):// endpoint; overrides the network"
-    )
-    chain.add_argument("--netuid", type=int, required=True, help="the subnet's netuid")
+    add_wallet_and_chain_arguments(parser, netuid_required=True)
     axon = parser.add_argument_group("axon (this miner's HTTP server)")
     axon.add_argument(
         "--axon.port",

@@ -37,6 +37,7 @@ from neurons import protocol, rounds
 from neurons import state as state_io
 from neurons.auth import signed_headers
 from neurons.chain import Chain, ChainError, MetagraphSnapshot
+from neurons.flags import add_wallet_and_chain_arguments
 from neurons.rounds import Miner
 from neurons.state import StateError, ValidatorState
 
@@ -447,16 +448,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="QUASAR validator: score miners on long-context questions and set weights."
     )
-    wallet = parser.add_argument_group("wallet")
-    wallet.add_argument("--wallet.name", dest="wallet_name", default="default", help="coldkey wallet name")
-    wallet.add_argument("--wallet.hotkey", dest="wallet_hotkey", default="default", help="hotkey name")
-    wallet.add_argument(
-        "--wallet.path", dest="wallet_path", default="~/.bittensor/wallets", help="wallets folder"
-    )
-    chain = parser.add_argument_group("chain")
-    chain.add_argument("--subtensor.network", dest="network", default="finney", help="finney, test, local")
-    chain.add_argument("--subtensor.chain_endpoint", dest="chain_endpoint", help="ws(s):// endpoint")
-    chain.add_argument("--netuid", type=int, help="the subnet's netuid (required unless --mock)")
+    add_wallet_and_chain_arguments(parser, netuid_required=False)
     neuron = parser.add_argument_group("rounds")
     neuron.add_argument(
         "--neuron.sample_size",

@@ -28,13 +28,13 @@ from evaluation.tasks import LONGBENCH_TASKS, EvalItem, get_task
 def _row(dataset: str, records: list[tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]) -> str:
     memoriser, unguarded, reader, changed, phrased = [], [], [], 0, 0
     for index, (context, question, answers, classes) in enumerate(records):
-        done = perturb(context, question, answers, get_task(dataset).metric, random.Random(index))
+        done = perturb(context, question, answers, get_task(dataset).metric, random.Random(index), classes)
         item = EvalItem(
-            dataset, "32k", str(index), done.context, 0, done.answers, classes,
+            dataset, "32k", str(index), done.context, 0, done.answers, done.classes,
             replaced_entities=tuple(done.substitutions),
         )  # fmt: skip
         memoriser.append(grade(item, answers[0]))
-        unguarded.append(score_prediction(dataset, answers[0], done.answers, classes))
+        unguarded.append(score_prediction(dataset, answers[0], done.answers, done.classes))
         reader.append(grade(item, done.answers[0]))
         changed += done.answers != answers
         phrased += done.phrase is not None

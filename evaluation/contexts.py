@@ -356,9 +356,14 @@ def _answer_pattern(answers: Sequence[str], all_classes: Sequence[str] | None) -
 
 
 def _distractors(
-    pool: _Pool, dataset: str, gold: int, pattern: re.Pattern[str] | None, rng: random.Random
+    pool: _Pool,
+    dataset: str,
+    gold: int,
+    pattern: re.Pattern[str] | None,
+    rng: random.Random,
+    same_dataset: bool = True,
 ) -> Iterator[_Unit]:
-    same = [i for i in pool.by_dataset.get(dataset, []) if i != gold]
+    same = [i for i in pool.by_dataset.get(dataset, []) if i != gold] if same_dataset else []
     others = [i for name, ids in pool.by_dataset.items() if name != dataset for i in ids if i != gold]
     rng.shuffle(same)
     rng.shuffle(others)
@@ -410,10 +415,15 @@ def _longbench_item(
 ) -> EvalItem:
     record = _pick_record(task, bucket, index, seed, pool, records)
     rng = _item_rng(task.name, bucket, index, seed, "longbench")
-    changed = perturb(record.context, record.input, record.answers, task.metric, rng)
+    changed = perturb(record.context, record.input, record.answers, task.metric, rng, record.all_classes)
     gold = _Unit(changed.context, count_long(tokenizer, changed.context), pool.header_tokens)
     pattern = _answer_pattern([*record.answers, *changed.answers], record.all_classes)
-    stream = _Stream(_distractors(pool, record.dataset, pool.doc_id(record.context), pattern, rng), tokenizer)
+    # Relabelled classes: other records of the dataset would teach the public labels again.
+    relabelled = task.metric == "classification" and bool(changed.substitutions)
+    distractors = _distractors(
+        pool, record.dataset, pool.doc_id(record.context), pattern, rng, not relabelled
+    )
+    stream = _Stream(distractors, tokenizer)
     depth, order_seed = rng.random(), rng.getrandbits(64)
 
     def build(filler_tokens: int) -> _Draft:
@@ -442,7 +452,7 @@ def _longbench_item(
         prompt=draft.prompt,
         prompt_tokens=measured,
         answers=changed.answers,
-        all_classes=record.all_classes,
+        all_classes=changed.classes,
         gold_depth=draft.gold_depth,
         replaced_entities=_absent(list(changed.substitutions), draft.prompt),
     )

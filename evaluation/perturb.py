@@ -1,7 +1,7 @@
 """Anti-memorisation: LongBench samples changed so that their public answers are wrong.
 
 LongBench's questions and answers are public; a miner could answer from a lookup table without running a
-model. Two changes, both seeded and fresh per item:
+model. Three changes, all seeded and fresh per item:
 
 - Entity substitution: numbers (two digits or more) and proper nouns (capitalised words never written in
   lower case in the document) that occur in the answers are replaced, consistently and everywhere, in the
@@ -11,12 +11,14 @@ model. Two changes, both seeded and fresh per item:
   as they were): a fresh "verification phrase" is woven into the document at a sentence boundary, the
   question asks for it first, and every answer starts with it. A memoriser's answer then misses at least
   half of the expected words.
+- Class relabelling (classification): the labels the few-shot examples show get fresh names, in the
+  examples, the class list and the answers; the examples still teach them.
 
-Both leave a trace a memoriser cannot avoid without reading: the public answer names entities that were
+Substitution and needles leave a trace a memoriser cannot avoid without reading: the public answer names entities that were
 replaced everywhere in the prompt (`mentioned_entities`); evaluation.grading scores such an answer 0.
 
-Limits: classification (trec) answers are class labels and cannot change; a miner that finds the public
-source record and diffs it against the prompt can recover the substitutions. See docs/evaluation.md.
+Limits: a label the examples never show keeps its public name; a miner that finds the public source record
+and diffs it against the prompt can recover the substitutions. See docs/evaluation.md.
 """
 
 import random
@@ -54,8 +56,9 @@ class Perturbed:
     context: str
     input: str
     answers: tuple[str, ...]
-    substitutions: Mapping[str, str]  # original token -> surrogate
+    substitutions: Mapping[str, str]  # original token (or class label) -> surrogate
     phrase: str | None = None  # the verification phrase woven in, if any
+    classes: tuple[str, ...] | None = None  # the class list, relabelled for classification tasks
 
 
 def mentioned_entities(text: str, entities: Sequence[str]) -> list[str]:
@@ -67,17 +70,60 @@ def mentioned_entities(text: str, entities: Sequence[str]) -> list[str]:
 
 
 def perturb(
-    context: str, question: str, answers: Sequence[str], metric: str, rng: random.Random
+    context: str,
+    question: str,
+    answers: Sequence[str],
+    metric: str,
+    rng: random.Random,
+    classes: Sequence[str] | None = None,
 ) -> Perturbed:
     """Entity substitution, then needle augmentation where substitution alone leaves answers guessable.
 
-    Classification answers are labels from a fixed set: nothing is changed for them."""
+    Classification answers are labels from a fixed set: the labels are renamed instead."""
     if metric == "classification":
-        return Perturbed(context, question, tuple(answers), {})
+        return relabel_classes(context, question, answers, classes or (), rng)
     substituted = substitute_entities(context, question, answers, rng)
     if metric != "qa_f1" or not _still_guessable(answers, substituted.answers):
         return substituted
     return augment_with_phrase(substituted, rng)
+
+
+def relabel_classes(
+    context: str, question: str, answers: Sequence[str], classes: Sequence[str], rng: random.Random
+) -> Perturbed:
+    """Fresh names for the class labels, in the few-shot examples (`Type: <label>` lines), the class list and
+    the answers. The examples still teach every label, so a reader learns them in context; a memorised
+    public label names no class any more. Labels the examples never show are left as they are."""
+    shown = [label for label in classes if re.search(_label_line(label), context)]
+    if not shown:
+        return Perturbed(context, question, tuple(answers), {}, classes=tuple(classes) or None)
+    taken = {token.lower() for token in _TOKEN.findall(context + " " + question)}
+    mapping: dict[str, str] = {}
+    for label in shown:
+        mapping[label] = _fresh_label(taken, set(mapping.values()), rng)
+        taken.add(mapping[label].lower())
+    for label in sorted(shown, key=len, reverse=True):  # "Other location" before "Location"
+        context = re.sub(_label_line(label), rf"\g<1>{mapping[label]}", context)
+    return Perturbed(
+        context,
+        question,
+        tuple(mapping.get(a, a) for a in answers),
+        mapping,
+        classes=tuple(mapping.get(c, c) for c in classes),
+    )
+
+
+def _label_line(label: str) -> str:
+    return rf"(?m)(^Type:[ \t]*){re.escape(label)}(?=[ \t]*$)"
+
+
+def _fresh_label(taken: set[str], labels: set[str], rng: random.Random) -> str:
+    # Two pseudo-words: never a substring of another label (the classification metric matches substrings).
+    while True:
+        label = " ".join(_name_like("Label", rng, 0) for _ in range(2))
+        words = {word.lower() for word in label.split()}
+        if words.isdisjoint(taken) and not any(label in other or other in label for other in labels):
+            return label
 
 
 def substitute_entities(context: str, question: str, answers: Sequence[str], rng: random.Random) -> Perturbed:

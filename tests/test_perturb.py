@@ -62,7 +62,7 @@ def test_substitution_is_a_consistent_renaming(seed: int, picks: list[int]) -> N
         assert re.sub(TOKEN, lambda m: inverse.get(m.group(0), m.group(0)), after) == before
 
 
-def test_classification_answers_are_never_changed() -> None:
+def test_classification_without_a_class_list_is_left_as_it_is() -> None:
     record = make_records("trec", 1)[0]
     answers = [str(answer) for answer in cast(list[object], record["answers"])]
     changed = perturb(
@@ -99,3 +99,22 @@ def test_the_public_answer_scores_at_most_half_on_perturbed_qa_items() -> None:
             memoriser = score_prediction(dataset, answers[0], list(changed.answers), None)
             reader = score_prediction(dataset, changed.answers[0], list(changed.answers), None)
             assert memoriser <= 0.5 < reader, (dataset, answers, changed.answers)
+
+
+def test_class_labels_are_renamed_in_examples_classes_and_answers() -> None:
+    record = make_records("trec", 1)[0]
+    classes = [str(c) for c in cast(list[object], record["all_classes"])]
+    answers = [str(a) for a in cast(list[object], record["answers"])]
+    context = str(record["context"])
+    changed = perturb(context, str(record["input"]), answers, "classification", random.Random(0), classes)
+    assert changed.classes is not None
+    assert len(set(changed.classes)) == len(classes)
+    # No new label contains another: the classification metric matches substrings.
+    assert not any(a != b and a in b for a in changed.classes for b in changed.classes)
+    shown = {line.removeprefix("Type: ") for line in context.splitlines() if line.startswith("Type: ")}
+    for label in shown:
+        assert changed.substitutions[label] in changed.context
+        assert f"Type: {label}\n" not in changed.context + "\n"
+    # The public label scores nothing; the renamed one scores in full.
+    assert score_prediction("trec", answers[0], changed.answers, changed.classes) == 0.0
+    assert score_prediction("trec", changed.answers[0], changed.answers, changed.classes) == 1.0

@@ -14,8 +14,9 @@ model. Three changes, all seeded and fresh per item:
 - Class relabelling (classification): the labels the few-shot examples show get fresh names, in the
   examples, the class list and the answers; the examples still teach them.
 
-Substitution and needles leave a trace a memoriser cannot avoid without reading: the public answer names entities that were
-replaced everywhere in the prompt (`mentioned_entities`); evaluation.grading scores such an answer 0.
+Substitution and needles leave a trace a memoriser cannot avoid without reading: the public answer names
+entities that were replaced everywhere in the prompt (`mentioned_entities`); evaluation.grading scores such
+an answer 0.
 
 Limits: a label the examples never show keeps its public name; a miner that finds the public source record
 and diffs it against the prompt can recover the substitutions. See docs/evaluation.md.

@@ -331,7 +331,9 @@ class Validator:
         """Rounds until `config.rounds` have run in this process or `stop` is set."""
         stop = stop or asyncio.Event()
         done = 0
-        async with aiohttp.ClientSession() as session:
+        # One connection per sampled miner: aiohttp's default pool of 100 would queue larger samples.
+        connector = aiohttp.TCPConnector(limit=max(100, self.config.sample_size))
+        async with aiohttp.ClientSession(connector=connector) as session:
             while not stop.is_set() and (self.config.rounds is None or done < self.config.rounds):
                 result = await self.run_round(session)
                 if result is None:

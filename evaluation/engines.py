@@ -37,8 +37,17 @@ _CONNECT_TIMEOUT_S = 10.0
 _BODY_EXCERPT_CHARS = 500
 
 
+EngineFailure = Literal["timeout", "unreachable", "http", "too_long", "other"]
+
+
 class EngineError(Exception):
-    """An engine could not answer; the message names the engine and the reason."""
+    """An engine could not answer; the message names the engine and the reason, `failure` classifies it
+    and `status` is the engine's HTTP status where it answered one."""
+
+    def __init__(self, message: str, failure: EngineFailure = "other", status: int | None = None) -> None:
+        super().__init__(message)
+        self.failure: EngineFailure = failure
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,9 @@ class _HTTPEngine:
         if missing_ok and response.status_code == 404:
             return None
         if response.status_code >= 400:
-            raise EngineError(f"{self.name}: GET {path}: {_status_problem(response)}")
+            raise EngineError(
+                f"{self.name}: GET {path}: {_status_problem(response)}", "http", response.status_code
+            )
         try:
             return response.json()
         except ValueError:
@@ -147,18 +158,23 @@ class _HTTPEngine:
         try:
             yield
         except (InferenceTimeoutError, httpx2.TimeoutException, TimeoutError) as error:
-            raise EngineError(f"{self.name}: no answer within {self._timeout_s:g} s (timeout)") from error
+            raise self._timeout() from error
         except HfHubHTTPError as error:
-            raise EngineError(f"{self.name}: {_status_problem(error.response)}") from error
+            status = error.response.status_code
+            raise EngineError(f"{self.name}: {_status_problem(error.response)}", "http", status) from error
         except TextGenerationError as error:
             # TGI's error payload, parsed by the client; the HTTP error (with the status) is its cause.
             cause = error.__cause__
-            status = f"HTTP {cause.response.status_code}: " if isinstance(cause, HfHubHTTPError) else ""
-            raise EngineError(f"{self.name}: {status}{error}") from error
+            code = cause.response.status_code if isinstance(cause, HfHubHTTPError) else None
+            said = f"HTTP {code}: " if code is not None else ""
+            raise EngineError(f"{self.name}: {said}{error}", "http", code) from error
         except httpx2.HTTPError as error:
             raise EngineError(
-                f"{self.name}: cannot reach the engine: {error or type(error).__name__}"
+                f"{self.name}: cannot reach the engine: {error or type(error).__name__}", "unreachable"
             ) from error
+
+    def _timeout(self) -> EngineError:
+        return EngineError(f"{self.name}: no answer within {self._timeout_s:g} s (timeout)", "timeout")
 
 
 async def _set_authorization(request: "httpx2.Request") -> None:
@@ -288,7 +304,9 @@ class LocalEngine:
                 asyncio.to_thread(self._generate, prompt, max_new_tokens), self._timeout_s
             )
         except TimeoutError:
-            raise EngineError(f"{self.name}: no answer within {self._timeout_s:g} s (timeout)") from None
+            raise EngineError(
+                f"{self.name}: no answer within {self._timeout_s:g} s (timeout)", "timeout"
+            ) from None
         return Generation(text, prompt_tokens, completion_tokens, time.perf_counter() - start)
 
     async def info(self) -> EngineInfo:
@@ -314,7 +332,8 @@ class LocalEngine:
         if limit is not None and len(ids) + max_new_tokens > limit:
             raise EngineError(
                 f"{self.name}: prompt too long: {len(ids)} prompt tokens + {max_new_tokens} new tokens "
-                f"> {limit}, the most this engine runs"
+                f"> {limit}, the most this engine runs",
+                "too_long",
             )
         model = loaded.model
         input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)

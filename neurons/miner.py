@@ -20,7 +20,6 @@ import asyncio
 import ipaddress
 import json
 import logging
-import re
 import signal
 import socket
 import sys
@@ -249,26 +248,21 @@ def deadline_budget(deadline_unix: float, now_unix: float, engine_timeout_s: flo
     return min(remaining, engine_timeout_s)
 
 
-_HTTP_STATUS = re.compile(r"HTTP (\d{3})")
-
-
-def classify_engine_error(message: str, info: EngineInfo | None) -> Refusal:
-    """The refusal an EngineError's message stands for. evaluation.engines says what happened only in
-    words (it wraps TGI's and OpenAI servers' errors with their status), so the words are matched here."""
-    match = _HTTP_STATUS.search(message)
-    status = int(match.group(1)) if match else None
-    lowered = message.lower()
+def classify_engine_error(error: EngineError, info: EngineInfo | None) -> Refusal:
+    """The refusal an engine failure stands for."""
+    message, status = str(error), error.status
     limits = {
         "max_input_tokens": info.max_input_tokens if info else None,
         "max_total_tokens": info.max_total_tokens if info else None,
     }
-    if "(timeout)" in message:
+    if error.failure == "timeout":
         return Refusal(504, "timeout", message)
-    if "cannot reach the engine" in message:
+    if error.failure == "unreachable":
         return Refusal(503, "engine_down", message)
     # TGI answers 422 "Input validation error: `inputs` must have less than N tokens. Given: M"; vLLM
-    # answers 400 "This model's maximum context length is N tokens..."; the local engine says it in words.
-    if (status in (400, 422) and "token" in lowered) or "prompt too long" in lowered:
+    # answers 400 "This model's maximum context length is N tokens...": only the words tell a prompt that
+    # is too long from other invalid requests.
+    if error.failure == "too_long" or (status in (400, 422) and "token" in message.lower()):
         return Refusal(413, "too_large", message, {"engine_message": message, **limits})
     if status == 413:  # the engine's byte limit on bodies (TGI --payload-limit, 2 MB by default)
         return Refusal(
@@ -531,7 +525,7 @@ class _Miner:
             )
             return Refusal(504, "timeout", f"no answer from the engine within {budget:.3f} s ({bound})")
         except EngineError as error:
-            refusal = classify_engine_error(str(error), self.probe.info)
+            refusal = classify_engine_error(error, self.probe.info)
             if refusal.outcome == "engine_down":
                 self.probe.invalidate()
             log.warning("engine refused task %s: %s", query.task_id, error)

@@ -18,7 +18,7 @@ import aiohttp
 import bittensor
 import pytest
 
-from evaluation.engines import EngineInfo, make_engine
+from evaluation.engines import EngineError, EngineInfo, make_engine
 from evaluation.errors import InputError
 from evaluation.local_model import ensure_local_model
 from neurons import protocol
@@ -627,23 +627,38 @@ def test_answers_through_the_local_engine_server_on_the_tiny_model(
 
 def test_engine_errors_map_to_statuses() -> None:
     info = EngineInfo("m", 100, 200)
-    cases = {
-        "tgi x: no answer within 5 s (timeout)": (504, "timeout"),
-        "tgi x: cannot reach the engine: ConnectError": (503, "engine_down"),
-        "tgi x: HTTP 422: Input validation error: `inputs` must have less than 100 tokens. Given: 300": (
+    cases = [
+        (EngineError("tgi x: no answer within 5 s (timeout)", "timeout"), 504, "timeout"),
+        (EngineError("tgi x: cannot reach the engine: ConnectError", "unreachable"), 503, "engine_down"),
+        (
+            EngineError(
+                "tgi x: HTTP 422: Input validation error: `inputs` must have less than 100 tokens. "
+                "Given: 300",
+                "http",
+                422,
+            ),
             413,
             "too_large",
         ),
-        "openai x: HTTP 400: This model's maximum context length is 200 tokens": (413, "too_large"),
-        "tgi x: HTTP 413: Failed to buffer the request body: length limit exceeded": (413, "too_large"),
-        "tgi x: HTTP 429: Model is overloaded": (503, "engine_busy"),
-        "tgi x: HTTP 500: CUDA out of memory": (502, "engine_error"),
-    }
-    for message, expected in cases.items():
-        refusal = classify_engine_error(message, info)
-        assert (refusal.status, refusal.outcome) == expected, message
-    too_long = classify_engine_error(next(iter(k for k, v in cases.items() if v[0] == 413)), info)
-    assert too_long.details["max_input_tokens"] == 100
+        (
+            EngineError("openai x: HTTP 400: This model's maximum context length is 200 tokens", "http", 400),
+            413,
+            "too_large",
+        ),
+        (EngineError("local x: prompt too long: 300 prompt tokens", "too_long"), 413, "too_large"),
+        (EngineError("tgi x: HTTP 413: Failed to buffer the request body", "http", 413), 413, "too_large"),
+        (
+            EngineError("tgi x: HTTP 422: Input validation error: `top_p` must be > 0", "http", 422),
+            502,
+            "engine_error",
+        ),
+        (EngineError("tgi x: HTTP 429: Model is overloaded", "http", 429), 503, "engine_busy"),
+        (EngineError("tgi x: HTTP 500: CUDA out of memory", "http", 500), 502, "engine_error"),
+    ]
+    for error, status, outcome in cases:
+        refusal = classify_engine_error(error, info)
+        assert (refusal.status, refusal.outcome) == (status, outcome), str(error)
+    assert classify_engine_error(cases[2][0], info).details["max_input_tokens"] == 100
 
 
 def test_deadline_budget() -> None:

@@ -1,0 +1,645 @@
+"""The QuasarMiner and QuasarValidator custom resources as pydantic models.
+
+These models are the single source of truth: `quasar_operator.crds` generates the CustomResourceDefinitions
+from them (field descriptions, defaults, enums, bounds and CEL rules all come from here), and the operator
+parses every object kopf hands it with them. Python names are snake_case; the JSON (Kubernetes) names are
+camelCase through the alias generator.
+
+Cross-field rules live twice on purpose: as CEL `x-kubernetes-validations` (so the API server rejects
+nonsense at `kubectl apply`) and as pydantic validators (so objects that reached the cluster before a rule
+existed, or that never pass through an API server, such as tests and the emulator, get the same message).
+Both use the message of the same `Rule`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasGenerator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+GROUP = "quasar.ai"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "quasar"
+
+# TGI 3.3.5, the last 3.x release before TGI went into maintenance mode; pinned so that every replica, and
+# every reconcile after an operator upgrade, runs the same engine unless the spec says otherwise.
+TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.5"
+TGI_PORT = 80
+# The image built from this repository (images/), tagged with the package version.
+NEURON_IMAGE = "ghcr.io/quasar-subnet/quasar:0.1.0"
+# The miner's axon port (`quasar miner --axon.port` default).
+AXON_PORT = 8091
+
+# Bittensor's on-disk wallet layout: the Secret's keys are the file names the neurons read.
+WALLET_HOTKEY_KEY = "hotkey"
+WALLET_COLDKEYPUB_KEY = "coldkeypub.txt"
+
+# Engine flags the operator derives from the spec: letting `extraArgs` repeat them would make the spec lie.
+MANAGED_ENGINE_FLAGS = (
+    "--model-id",
+    "--revision",
+    "--port",
+    "--hostname",
+    "--num-shard",
+    "--max-input-tokens",
+    "--max-total-tokens",
+    "--quantize",
+    "--dtype",
+    "--rope-scaling",
+    "--rope-factor",
+)
+
+
+def _camel(name: str) -> str:
+    # Kubernetes spells initialisms in capitals (`externalIP`): to_camel alone would write `externalIp`.
+    return to_camel(name).replace("Ip", "IP")
+
+
+class _Base(BaseModel):
+    """Common configuration: camelCase aliases, Python names also accepted, unknown fields rejected.
+
+    Unknown fields are errors rather than silently dropped so that a typo in a spec never means a setting that
+    quietly does nothing (the API server prunes unknown fields too, but with only a warning).
+    """
+
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(alias=_camel),
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="forbid",
+    )
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A CEL rule for the CRD, with the message the pydantic validator raises for the same fault."""
+
+    rule: str
+    message: str
+    field_path: str | None = None
+
+    def crd(self) -> dict[str, str]:
+        out = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        return out
+
+
+def _rules(*rules: Rule) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [r.crd() for r in rules]}
+
+
+def _enforce(*broken: tuple[bool, Rule]) -> None:
+    """Raise one error listing the message of every broken rule, so one apply shows every fault."""
+    messages = [rule.message for is_broken, rule in broken if is_broken]
+    if messages:
+        raise ValueError("; ".join(messages))
+
+
+def _quantity(value: Any) -> Any:
+    # Kubernetes quantities may be written as YAML numbers (`cpu: 2`); the API hands them back as they came.
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+]
+# Opaque Kubernetes objects (affinity, tolerations) are checked by the API server when the operator creates
+# the pod, so the CRD keeps them as free-form objects instead of copying the whole core/v1 schema.
+FreeForm = Annotated[
+    dict[str, Any], WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+]
+K8sName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+
+
+class SecretKeyRef(_Base):
+    """One key of a Secret in the resource's namespace."""
+
+    name: K8sName = Field(description="Name of the Secret (same namespace as the resource).")
+    key: str = Field(min_length=1, max_length=253, description="Key inside the Secret.")
+
+
+class ResourceRequirements(_Base):
+    """Compute resources of one container, as in core/v1 ResourceRequirements."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="Minimum resources (cpu, memory, ...)."
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, description="Maximum resources (cpu, memory, ...)."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- shared
+
+
+class WalletSpec(_Base):
+    """The neuron's Bittensor wallet: a hotkey and the coldkey's public key, never a coldkey private key."""
+
+    secret_name: K8sName = Field(
+        description=(
+            f"Secret holding the hotkey file under key `{WALLET_HOTKEY_KEY}` and the coldkey's public key "
+            f"file under key `{WALLET_COLDKEYPUB_KEY}` (bittensor's wallet layout). Never put the coldkey "
+            "private key in it: the neurons only sign with the hotkey."
+        )
+    )
+    name: str = Field(
+        "default",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Wallet (coldkey) name.",
+    )
+    hotkey: str = Field(
+        "default", min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.-]+$", description="Hotkey name."
+    )
+
+
+class SubnetSpec(_Base):
+    """The subnet the neuron takes part in, and how it reaches the chain."""
+
+    netuid: int = Field(ge=0, le=65535, description="The subnet's netuid.")
+    network: Literal["finney", "test", "local"] = Field("finney", description="Bittensor network.")
+    chain_endpoint: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=r"^wss?://",
+        description="ws:// or wss:// Subtensor endpoint; overrides `network`.",
+    )
+
+
+class NeuronSpec(_Base):
+    """The neuron container (`quasar miner` or `quasar validator`)."""
+
+    image: str = Field(NEURON_IMAGE, min_length=1, description="Neuron image.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Image pull policy of the neuron container."
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description="Resources of the neuron container."
+    )
+    args: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra command-line flags, appended after the ones the operator derives from the spec.",
+    )
+    debug: bool = Field(False, description="Debug logging (`--logging.debug`).")
+
+
+class PodOverrides(_Base):
+    """Scheduling and metadata of the pods the operator creates."""
+
+    tolerations: list[FreeForm] = Field(default_factory=list, description="core/v1 Tolerations.")
+    affinity: FreeForm | None = Field(None, description="core/v1 Affinity.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods require.")
+    priority_class_name: str | None = Field(None, max_length=253, description="PriorityClass of the pods.")
+    runtime_class_name: str | None = Field(
+        None, max_length=253, description="RuntimeClass of the pods (for example `nvidia`)."
+    )
+    service_account_name: str | None = Field(
+        None, max_length=253, description="ServiceAccount the pods run as."
+    )
+    image_pull_secrets: list[K8sName] = Field(
+        default_factory=list, description="Names of Secrets used to pull the images."
+    )
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations on the pods.")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra labels on the pods (the operator's own labels win on conflict).",
+    )
+
+
+class Condition(_Base):
+    """A status condition, as in metav1.Condition."""
+
+    type: Literal["Ready", "Progressing", "Degraded", "Reconciled"] = Field(description="Condition type.")
+    status: Literal["True", "False", "Unknown"] = Field(description="Condition status.")
+    reason: str = Field("", max_length=1024, description="CamelCase reason for the last transition.")
+    message: str = Field("", max_length=32768, description="Human-readable details.")
+    last_transition_time: str | None = Field(
+        None,
+        description="When the status last changed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    observed_generation: int | None = Field(
+        None, ge=0, description="The .metadata.generation this condition was computed from."
+    )
+
+
+Conditions = Annotated[
+    list[Condition],
+    Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}),
+]
+
+
+class _StatusBase(_Base):
+    # The operator writes status; tolerate fields a newer operator added so an older one can still read it.
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = Field(
+        None, ge=0, description="The .metadata.generation last reconciled."
+    )
+    conditions: Conditions = Field(
+        default_factory=list, description="Ready, Progressing, Degraded, Reconciled."
+    )
+    replicas: int | None = Field(None, ge=0, description="Pods that exist.")
+    ready_replicas: int | None = Field(None, ge=0, description="Pods that are ready.")
+
+
+# ------------------------------------------------------------------------------------------------- miner
+
+_MAX_TOKENS = Rule(
+    rule="!has(self.maxInputTokens) || "
+    "(has(self.maxTotalTokens) && self.maxInputTokens < self.maxTotalTokens)",
+    message="maxInputTokens must be less than maxTotalTokens (and needs maxTotalTokens set)",
+    field_path=".maxInputTokens",
+)
+_SHARDS = Rule(
+    rule="!has(self.shards) || self.shards <= self.gpusPerReplica",
+    message="shards cannot exceed gpusPerReplica",
+    field_path=".shards",
+)
+_EXTRA_ARGS = Rule(
+    rule="self.extraArgs.all(a, "
+    + " && ".join(f"!(a == '{f}' || a.startsWith('{f}='))" for f in MANAGED_ENGINE_FLAGS)
+    + ")",
+    message="extraArgs cannot set flags the operator derives from the spec: "
+    + ", ".join(MANAGED_ENGINE_FLAGS),
+    field_path=".extraArgs",
+)
+
+
+class RopeScaling(_Base):
+    """RoPE scaling, to serve contexts longer than the model was trained on."""
+
+    type: Literal["linear", "dynamic"] = Field(description="TGI `--rope-scaling`.")
+    factor: float = Field(gt=0, description="TGI `--rope-factor`.")
+
+
+class ModelSpec(_Base):
+    """The model the engine serves."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(_MAX_TOKENS, _SHARDS, _EXTRA_ARGS))
+
+    id: str = Field(min_length=1, max_length=256, description="Hugging Face Hub model id (`--model-id`).")
+    revision: str | None = Field(None, max_length=256, description="Branch, tag or commit (`--revision`).")
+    max_input_tokens: int | None = Field(
+        None, ge=1, description="Longest prompt in tokens (`--max-input-tokens`); less than maxTotalTokens."
+    )
+    max_total_tokens: int | None = Field(
+        None, ge=2, description="Longest prompt plus generation in tokens (`--max-total-tokens`)."
+    )
+    quantize: (
+        Literal[
+            "awq",
+            "compressed-tensors",
+            "eetq",
+            "exl2",
+            "gptq",
+            "marlin",
+            "bitsandbytes",
+            "bitsandbytes-nf4",
+            "bitsandbytes-fp4",
+            "fp8",
+        ]
+        | None
+    ) = Field(None, description="Quantization (`--quantize`).")
+    dtype: Literal["float16", "bfloat16"] | None = Field(None, description="Weights dtype (`--dtype`).")
+    rope_scaling: RopeScaling | None = Field(
+        None, description="RoPE scaling (`--rope-scaling`, `--rope-factor`)."
+    )
+    gpus_per_replica: int = Field(
+        1, ge=0, le=16, description="GPUs (`nvidia.com/gpu`) each replica requests."
+    )
+    shards: int | None = Field(
+        None, ge=1, le=16, description="Tensor-parallel shards (`--num-shard`); defaults to gpusPerReplica."
+    )
+    extra_args: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra engine flags, appended after the ones the operator derives from the spec.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        _enforce(
+            (
+                self.max_input_tokens is not None
+                and (self.max_total_tokens is None or self.max_input_tokens >= self.max_total_tokens),
+                _MAX_TOKENS,
+            ),
+            (self.shards is not None and self.shards > self.gpus_per_replica, _SHARDS),
+            (any(a.split("=", 1)[0] in MANAGED_ENGINE_FLAGS for a in self.extra_args), _EXTRA_ARGS),
+        )
+        return self
+
+
+class EngineSpec(_Base):
+    """The inference engine next to the miner. Only TGI today; the kind leaves room for vLLM and SGLang."""
+
+    kind: Literal["tgi"] = Field("tgi", description="Engine kind.")
+    image: str = Field(TGI_IMAGE, min_length=1, description="Engine image.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Image pull policy of the engine container."
+    )
+    port: int = Field(TGI_PORT, ge=1, le=65535, description="Port the engine listens on inside the pod.")
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements,
+        description="Resources of the engine container; model.gpusPerReplica sets the GPU limit.",
+    )
+    shm_size: Quantity = Field(
+        "1Gi", description="Size of the in-memory /dev/shm (NCCL needs it for sharding)."
+    )
+    startup_timeout_seconds: int = Field(
+        3600,
+        ge=60,
+        le=86400,
+        description="How long the engine may take to download and load the model before it counts as failed.",
+    )
+
+
+_NODE_PORT = Rule(
+    rule="self.serviceType == 'NodePort' || !has(self.nodePort)",
+    message="nodePort needs serviceType NodePort",
+    field_path=".nodePort",
+)
+_NODE_PORT_ADDRESS = Rule(
+    rule="self.serviceType != 'NodePort' || (has(self.externalIP) && has(self.nodePort))",
+    message="serviceType NodePort needs externalIP and nodePort: the endpoint announced on chain",
+)
+
+
+class ExposureSpec(_Base):
+    """How validators reach the miner from outside the cluster, and the address announced on chain."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(_NODE_PORT, _NODE_PORT_ADDRESS))
+
+    service_type: Literal["LoadBalancer", "NodePort"] = Field("LoadBalancer", description="Service type.")
+    port: int = Field(AXON_PORT, ge=1, le=65535, description="Service port.")
+    node_port: int | None = Field(
+        None, ge=1, le=65535, description="Node port (serviceType NodePort only; cluster's node port range)."
+    )
+    external_ip: str | None = Field(
+        None,
+        max_length=45,
+        description=(
+            "IP address announced on chain (`--axon.external_ip`). Default with LoadBalancer: the load "
+            "balancer's address once assigned."
+        ),
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": "isIP(self)", "message": "must be an IP address"}]
+        },
+    )
+    external_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description=(
+            "Port announced on chain (`--axon.external_port`). Default: nodePort for NodePort, port for "
+            "LoadBalancer."
+        ),
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="Annotations on the Service (cloud load balancer settings)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ExposureSpec:
+        _enforce(
+            (self.node_port is not None and self.service_type != "NodePort", _NODE_PORT),
+            (
+                self.service_type == "NodePort" and (self.external_ip is None or self.node_port is None),
+                _NODE_PORT_ADDRESS,
+            ),
+        )
+        return self
+
+
+_CACHE_CLAIM = Rule(
+    rule="!has(self.existingClaim) || !has(self.storageClassName)",
+    message="storageClassName applies to a claim the operator creates, not to existingClaim",
+    field_path=".storageClassName",
+)
+
+
+class CacheSpec(_Base):
+    """The model cache at the engine's HF_HOME (/data): a PVC the operator creates, or an existing one."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(_CACHE_CLAIM))
+
+    size: Quantity = Field("200Gi", description="Size of the PVC the operator creates.")
+    storage_class_name: str | None = Field(
+        None, max_length=253, description="StorageClass of the PVC the operator creates (default: cluster's)."
+    )
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field(
+        "ReadWriteOnce", description="Access mode of the PVC; replicas on several nodes need ReadWriteMany."
+    )
+    existing_claim: K8sName | None = Field(None, description="Use this PVC instead of creating one.")
+    hf_token_secret: SecretKeyRef | None = Field(
+        None, description="Secret key holding a Hugging Face token (HF_TOKEN), for gated or private models."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CacheSpec:
+        _enforce((self.existing_claim is not None and self.storage_class_name is not None, _CACHE_CLAIM))
+        return self
+
+
+class MinerNeuronSpec(NeuronSpec):
+    """The miner sidecar (`quasar miner`): talks to the engine on localhost."""
+
+    min_stake: float | None = Field(
+        None, ge=0, description="Least stake a validator needs to be served (`--blacklist.min_stake`)."
+    )
+    engine_timeout_seconds: int | None = Field(
+        None, ge=1, description="Most seconds one generation may take (`--engine.timeout`)."
+    )
+
+
+def _default(model: type[BaseModel]) -> Any:
+    # An all-defaults sub-object: `{}` in the CRD so the API server fills its fields' defaults in too.
+    return Field(default_factory=model, json_schema_extra={"default": {}})
+
+
+class QuasarMinerSpec(_Base):
+    """Desired state of a QuasarMiner: an engine serving a model plus the miner neuron, per replica."""
+
+    model: ModelSpec = Field(description="The model and how the engine serves it.")
+    engine: EngineSpec = _default(EngineSpec)
+    wallet: WalletSpec = Field(description="The miner's hotkey.")
+    subnet: SubnetSpec = Field(description="The subnet to mine on.")
+    exposure: ExposureSpec = _default(ExposureSpec)
+    replicas: int = Field(
+        1,
+        ge=0,
+        le=1000,
+        description="Engine+miner pods; an HPA or KEDA may own it through the scale subresource.",
+    )
+    cache: CacheSpec = _default(CacheSpec)
+    neuron: MinerNeuronSpec = _default(MinerNeuronSpec)
+    pod: PodOverrides = _default(PodOverrides)
+
+
+class MinerStatus(_StatusBase):
+    """Observed state of a QuasarMiner."""
+
+    selector: str | None = Field(None, description="Label selector of the pods (for the scale subresource).")
+    endpoint: str | None = Field(None, description="The ip:port announced on chain.")
+
+
+class QuasarMiner(_Base):
+    """A QuasarMiner object as the API server returns it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = API_VERSION
+    kind: str = "QuasarMiner"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: QuasarMinerSpec
+    status: MinerStatus | None = None
+
+
+# --------------------------------------------------------------------------------------------- validator
+
+_WANDB_KEY = Rule(
+    rule="self.mode != 'online' || has(self.apiKeySecret)",
+    message="mode online needs apiKeySecret",
+    field_path=".apiKeySecret",
+)
+
+Weights = Annotated[
+    dict[str, Annotated[float, Field(ge=0)]],
+    Field(max_length=64, json_schema_extra={"x-kubernetes-map-type": "atomic"}),
+]
+
+
+class WandbSpec(_Base):
+    """Weights & Biases logging of the validator's rounds."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(_WANDB_KEY))
+
+    mode: Literal["online", "offline", "disabled"] = Field("disabled", description="WANDB_MODE.")
+    project: str = Field("quasar-validators", min_length=1, max_length=128, description="WandB project.")
+    entity: str | None = Field(None, max_length=128, description="WandB entity (team or user).")
+    api_key_secret: SecretKeyRef | None = Field(None, description="Secret key holding WANDB_API_KEY.")
+
+    @model_validator(mode="after")
+    def _check(self) -> WandbSpec:
+        _enforce((self.mode == "online" and self.api_key_secret is None, _WANDB_KEY))
+        return self
+
+
+class StateSpec(_Base):
+    """The PVC holding the validator's state (moving-average scores), so scores survive restarts."""
+
+    size: Quantity = Field("1Gi", description="Size of the state PVC.")
+    storage_class_name: str | None = Field(None, max_length=253, description="StorageClass of the state PVC.")
+
+
+_RELATIVE_PATH = Rule(
+    rule="!self.path.startsWith('/') && !self.path.contains('..')",
+    message="path must be relative to the claim, without '..'",
+    field_path=".path",
+)
+
+
+class DataSpec(_Base):
+    """LongBench data on an existing PVC, mounted read-only (otherwise the validator downloads it)."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(_RELATIVE_PATH))
+
+    existing_claim: K8sName = Field(description="PVC holding the data.")
+    path: str = Field(
+        "",
+        max_length=1024,
+        description="Folder or data.zip inside the claim (relative; empty: the claim's root).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSpec:
+        _enforce((self.path.startswith("/") or ".." in self.path, _RELATIVE_PATH))
+        return self
+
+
+class QuasarValidatorSpec(_Base):
+    """Desired state of a QuasarValidator: one validator with its state on a PVC."""
+
+    wallet: WalletSpec = Field(description="The validator's hotkey.")
+    subnet: SubnetSpec = Field(description="The subnet to validate.")
+    neuron: NeuronSpec = _default(NeuronSpec)
+    tasks: Weights | None = Field(
+        None, description="Tasks and their weights (`--neuron.tasks`); default: the validator's."
+    )
+    bucket_weights: Weights | None = Field(
+        None,
+        description=(
+            "Context-length buckets (32k, 124k, 512k, 1.5m, 2m) and weights (`--neuron.bucket_weights`)."
+        ),
+    )
+    sample_size: int | None = Field(
+        None, ge=1, le=4096, description="Miners asked per round (`--neuron.sample_size`)."
+    )
+    timeout_seconds: float | None = Field(
+        None, gt=0, description="Most seconds a miner gets, whatever the context size (`--neuron.timeout`)."
+    )
+    epoch_length: int | None = Field(
+        None, ge=1, description="Blocks between weight settings (`--neuron.epoch_length`)."
+    )
+    moving_average_alpha: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Weight of a new reward in the moving averages (`--neuron.moving_average_alpha`).",
+    )
+    tokenizer: str | None = Field(
+        None,
+        max_length=1024,
+        description="Tokenizer (Hub id or path) buckets are measured in (`--neuron.tokenizer`).",
+    )
+    data: DataSpec | None = Field(None, description="LongBench data source (`--neuron.data`).")
+    state: StateSpec = _default(StateSpec)
+    wandb: WandbSpec = _default(WandbSpec)
+    pod: PodOverrides = _default(PodOverrides)
+
+
+class ValidatorStatus(_StatusBase):
+    """Observed state of a QuasarValidator."""
+
+    last_weights_time: str | None = Field(
+        None,
+        description="When the validator last set weights (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+
+
+class QuasarValidator(_Base):
+    """A QuasarValidator object as the API server returns it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = API_VERSION
+    kind: str = "QuasarValidator"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: QuasarValidatorSpec
+    status: ValidatorStatus | None = None
+
+
+def error_summary(exc: ValidationError) -> str:
+    """The errors on one line, each with its dotted camelCase path (`spec.model: maxInputTokens must ...`)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
+    )

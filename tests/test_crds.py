@@ -1,48 +1,402 @@
-"""The QuasarMiner and QuasarValidator models (the CRDs' source of truth)."""
+"""The QuasarMiner and QuasarValidator CRDs and the pydantic models they are generated from."""
 
+import copy
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
-from pydantic import ValidationError
-from quasar_operator.models import TGI_IMAGE, QuasarMiner, QuasarValidator, error_summary
+import yaml
+from pydantic import BaseModel, ValidationError
+from quasar_operator import crds
+from quasar_operator.models import (
+    GROUP,
+    NEURON_IMAGE,
+    TGI_IMAGE,
+    QuasarMiner,
+    QuasarValidator,
+    error_summary,
+)
 
-MINIMAL_MINER: dict[str, Any] = {
-    "apiVersion": "quasar.ai/v1alpha1",
-    "kind": "QuasarMiner",
-    "metadata": {"name": "m", "namespace": "default"},
-    "spec": {
-        "model": {"id": "Qwen/Qwen2.5-7B-Instruct", "maxInputTokens": 131072, "maxTotalTokens": 131584},
-        "wallet": {"secretName": "miner-wallet"},
-        "subnet": {"netuid": 7},
-    },
+EXAMPLES = crds.CRD_DIR / "examples"
+# The oldest Kubernetes the CRDs target (CEL rules GA in 1.29; `fieldPath` on them since 1.28).
+KUBERNETES_VERSION = "1.30.0"
+
+Obj = dict[str, Any]
+MODELS: dict[str, type[QuasarMiner] | type[QuasarValidator]] = {
+    "QuasarMiner": QuasarMiner,
+    "QuasarValidator": QuasarValidator,
 }
+CRD_OF_KIND = {"QuasarMiner": crds.miner_crd, "QuasarValidator": crds.validator_crd}
+# Fields a full example cannot set alongside others it sets: an existing claim instead of a created PVC; a
+# quantized model instead of a dtype'd one.
+ALTERNATIVES = {"cache.existing_claim", "model.quantize"}
+# The only places whose contents the API server should keep without a schema: core/v1 objects passed through.
+FREE_FORM = {"spec.pod.affinity", "spec.pod.tolerations[]"}
 
 
-def test_minimal_miner_gets_defaults() -> None:
-    miner = QuasarMiner.model_validate(MINIMAL_MINER)
-    assert miner.spec.engine.kind == "tgi"
-    assert miner.spec.engine.image == TGI_IMAGE
-    assert miner.spec.replicas == 1
-    assert miner.spec.exposure.service_type == "LoadBalancer"
-    assert miner.spec.model.max_input_tokens == 131072
+def load(path: Path) -> Obj:
+    body = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(body, dict)
+    return body
 
 
-def test_bad_miner_reports_the_field_path() -> None:
-    body = {
-        **MINIMAL_MINER,
-        "spec": {**MINIMAL_MINER["spec"], "model": {"id": "x", "maxInputTokens": 8, "maxTotalTokens": 8}},
+def root_schema(crd: Obj) -> Obj:
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert isinstance(schema, dict)
+    return schema
+
+
+def walk(schema: Obj, path: str = "") -> Iterator[tuple[str, Obj]]:
+    """Every schema node with its dotted path (`[]` for list items, `{}` for map values)."""
+    yield path, schema
+    for name, prop in schema.get("properties", {}).items():
+        yield from walk(prop, f"{path}.{name}" if path else name)
+    if isinstance(schema.get("items"), dict):
+        yield from walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from walk(schema["additionalProperties"], f"{path}{{}}")
+
+
+def rules(crd: Obj) -> dict[str, list[str]]:
+    return {
+        path: [r["rule"] for r in node["x-kubernetes-validations"]]
+        for path, node in walk(root_schema(crd))
+        if "x-kubernetes-validations" in node
     }
-    del body["spec"]["wallet"]
-    with pytest.raises(ValidationError) as caught:
-        QuasarMiner.model_validate(body)
-    summary = error_summary(caught.value)
-    assert "spec.model: Value error, maxInputTokens must be less than maxTotalTokens" in summary
-    assert "spec.wallet: Field required" in summary
 
 
-def test_minimal_validator() -> None:
-    validator = QuasarValidator.model_validate(
-        {"spec": {"wallet": {"secretName": "validator-wallet"}, "subnet": {"netuid": 7}}}
+def apply_defaults(schema: Obj, value: Any) -> Any:
+    """What the API server's structural defaulting does: fill in missing properties that have a default."""
+    if not isinstance(value, dict):
+        return value
+    out = dict(value)
+    for name, prop in schema.get("properties", {}).items():
+        if name not in out and "default" in prop:
+            out[name] = copy.deepcopy(prop["default"])
+        if name in out:
+            out[name] = apply_defaults(prop, out[name])
+    return out
+
+
+def schema_errors(kind: str, body: Obj) -> list[str]:
+    validator = jsonschema.Draft4Validator(
+        root_schema(CRD_OF_KIND[kind]()), format_checker=jsonschema.Draft4Validator.FORMAT_CHECKER
     )
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(body)]
+
+
+def unset_fields(model: BaseModel, path: str = "") -> list[str]:
+    """Fields a full example leaves unset, anywhere in the model tree."""
+    missing = [f"{path}{name}" for name in type(model).model_fields if name not in model.model_fields_set]
+    for name in model.model_fields_set:
+        child = getattr(model, name)
+        if isinstance(child, BaseModel):
+            missing += unset_fields(child, f"{path}{name}.")
+    return missing
+
+
+# ------------------------------------------------------------------------------------------ generation
+
+
+def test_committed_crds_are_current() -> None:
+    assert crds.stale() == [], "run `python -m quasar_operator.crds --write`"
+
+
+def test_check_command(tmp_path: Path) -> None:
+    assert crds.main(["--check", "--dir", str(tmp_path)]) == 1
+    assert crds.main(["--write", "--dir", str(tmp_path)]) == 0
+    assert crds.main(["--check", "--dir", str(tmp_path)]) == 0
+    assert load(tmp_path / "quasarminer.yaml") == crds.miner_crd()
+
+
+@pytest.mark.parametrize("build", [crds.miner_crd, crds.validator_crd])
+def test_crds_pass_kubernetes_validate(build: Any) -> None:
+    kubernetes_validate.validate(build(), KUBERNETES_VERSION, strict=True)
+
+
+def test_names_and_subresources() -> None:
+    miner, validator = crds.miner_crd(), crds.validator_crd()
+    assert miner["metadata"]["name"] == f"quasarminers.{GROUP}" == "quasarminers.quasar.ai"
+    assert validator["metadata"]["name"] == "quasarvalidators.quasar.ai"
+    assert miner["spec"]["names"]["shortNames"] == ["qm", "qminer"]
+    assert validator["spec"]["names"]["shortNames"] == ["qv", "qvalidator"]
+    for crd in (miner, validator):
+        assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+        assert crd["spec"]["names"]["categories"] == ["quasar"]
+        assert crd["spec"]["scope"] == "Namespaced"
+        (version,) = crd["spec"]["versions"]
+        assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+        assert version["subresources"]["status"] == {}
+    assert miner["spec"]["versions"][0]["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    assert "scale" not in validator["spec"]["versions"][0]["subresources"]
+
+
+def test_printer_columns_point_at_fields_that_exist() -> None:
+    expected = {
+        "QuasarMiner": ["Model", "Replicas", "Ready", "Endpoint", "Status", "Age"],
+        "QuasarValidator": ["Netuid", "Ready", "Last Weights", "Age"],
+    }
+    for kind, build in CRD_OF_KIND.items():
+        crd = build()
+        columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        assert [c["name"] for c in columns] == expected[kind]
+        paths = {path for path, _ in walk(root_schema(crd))}
+        for column in columns:
+            field = column["jsonPath"].lstrip(".").split("[")[0]
+            assert field.startswith("metadata.") or field in paths, column
+
+
+# ------------------------------------------------------------------------------------------ structure
+
+
+@pytest.mark.parametrize("build", [crds.miner_crd, crds.validator_crd])
+def test_schemas_are_structural(build: Any) -> None:
+    for path, node in walk(root_schema(build())):
+        assert not {"$ref", "$defs", "const", "title", "allOf", "oneOf", "not"} & node.keys(), path
+        if node.get("x-kubernetes-int-or-string"):
+            assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+            continue
+        assert "type" in node, path
+        assert not ("properties" in node and "additionalProperties" in node), path
+        assert node.get("additionalProperties", {}) is not False, path
+        assert node.get("x-kubernetes-preserve-unknown-fields", False) == (path in FREE_FORM), path
+        # anyOf may only add value checks (formats), never types or fields.
+        for branch in node.get("anyOf", []):
+            assert set(branch) <= {"format", "pattern", "minLength", "maxLength"}, path
+
+
+@pytest.mark.parametrize("build", [crds.miner_crd, crds.validator_crd])
+def test_every_field_is_described(build: Any) -> None:
+    skipped = {"metadata"}
+    for path, node in walk(root_schema(build())):
+        if path and not path.endswith(("[]", "{}")) and path not in skipped:
+            assert node.get("description"), path
+
+
+def test_cel_rules() -> None:
+    assert rules(crds.miner_crd()) == {
+        "spec.model": [
+            "!has(self.maxInputTokens) || "
+            "(has(self.maxTotalTokens) && self.maxInputTokens < self.maxTotalTokens)",
+            "!has(self.shards) || self.shards <= self.gpusPerReplica",
+            "self.extraArgs.all(a, !a.matches('^--(model-id|revision|port|hostname|num-shard|"
+            "max-input-tokens|max-total-tokens|quantize|dtype|rope-scaling|rope-factor)(=|$)'))",
+        ],
+        "spec.exposure": [
+            "self.serviceType == 'NodePort' || !has(self.nodePort)",
+            "self.serviceType != 'NodePort' || (has(self.externalIP) && has(self.nodePort))",
+        ],
+        "spec.cache": ["!has(self.existingClaim) || !has(self.storageClassName)"],
+    }
+    validator_rules = rules(crds.validator_crd())
+    assert set(validator_rules) == {"spec.tasks", "spec.bucketWeights", "spec.data", "spec.wandb"}
+    assert validator_rules["spec.bucketWeights"] == [
+        "self.all(k, k in ['32k', '124k', '512k', '1.5m', '2m'])",
+        "self.exists(k, self[k] > 0)",
+    ]
+    assert validator_rules["spec.wandb"] == ["self.mode != 'online' || has(self.apiKeySecret)"]
+
+
+def test_cel_rules_on_lists_and_strings_are_bounded() -> None:
+    # The API server refuses rules whose estimated cost is unbounded: lists and strings they read need a max.
+    model = root_schema(crds.miner_crd())["properties"]["spec"]["properties"]["model"]
+    extra_args = model["properties"]["extraArgs"]
+    assert extra_args["maxItems"]
+    assert extra_args["items"]["maxLength"]
+
+
+# ------------------------------------------------------------------------------------------ examples
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_validate_against_the_crd_and_the_models(path: Path) -> None:
+    body = load(path)
+    assert body["apiVersion"] == "quasar.ai/v1alpha1"
+    assert schema_errors(body["kind"], body) == []
+    parsed = MODELS[body["kind"]].model_validate(body)
+    if path.stem.endswith("-full"):
+        assert set(unset_fields(parsed.spec)) <= ALTERNATIVES
+
+
+def test_four_examples() -> None:
+    assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == [
+        "quasarminer-full.yaml",
+        "quasarminer.yaml",
+        "quasarvalidator-full.yaml",
+        "quasarvalidator.yaml",
+    ]
+
+
+@pytest.mark.parametrize("name", ["quasarminer.yaml", "quasarvalidator.yaml"])
+def test_api_server_defaults_agree_with_the_models(name: str) -> None:
+    body = load(EXAMPLES / name)
+    model = MODELS[body["kind"]]
+    defaulted = apply_defaults(root_schema(CRD_OF_KIND[body["kind"]]()), body)
+    # Defaulting fills in what the models assume: parsing before or after it gives the same spec.
+    assert model.model_validate(defaulted).spec == model.model_validate(body).spec
+    assert set(defaulted["spec"]) > set(body["spec"])
+
+
+def test_minimal_miner_defaults() -> None:
+    miner = QuasarMiner.model_validate(load(EXAMPLES / "quasarminer.yaml"))
+    spec = miner.spec
+    assert (spec.engine.kind, spec.engine.image, spec.engine.port) == ("tgi", TGI_IMAGE, 80)
+    assert spec.neuron.image == NEURON_IMAGE
+    assert spec.replicas == 1
+    assert spec.exposure.service_type == "LoadBalancer"
+    assert spec.exposure.port == 8091
+    assert (spec.wallet.name, spec.wallet.hotkey) == ("default", "default")
+    assert spec.subnet.network == "finney"
+    assert spec.cache.size == "200Gi"
+
+
+def test_minimal_validator_defaults() -> None:
+    validator = QuasarValidator.model_validate(load(EXAMPLES / "quasarvalidator.yaml"))
     assert validator.spec.wandb.mode == "disabled"
     assert validator.spec.state.size == "1Gi"
+    assert validator.spec.tasks is None  # the validator's own default applies
+
+
+def test_quantities_written_as_numbers_become_strings() -> None:
+    full = QuasarMiner.model_validate(load(EXAMPLES / "quasarminer-full.yaml"))
+    assert full.spec.engine.resources.requests["cpu"] == "8"
+
+
+def test_status_round_trips() -> None:
+    body = load(EXAMPLES / "quasarminer.yaml")
+    body["status"] = {
+        "observedGeneration": 2,
+        "replicas": 1,
+        "readyReplicas": 1,
+        "selector": "app.kubernetes.io/instance=qwen-128k",
+        "endpoint": "203.0.113.10:8091",
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "PodsReady",
+                "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+                "observedGeneration": 2,
+            }
+        ],
+        "kopf": {"progress": {}},  # kopf's bookkeeping: the API server prunes it; the models ignore it
+    }
+    assert schema_errors("QuasarMiner", body) == []
+    miner = QuasarMiner.model_validate(body)
+    assert miner.status is not None
+    assert miner.status.conditions[0].type == "Ready"
+    dumped = miner.status.model_dump(by_alias=True, exclude_none=True)
+    assert dumped["readyReplicas"] == 1
+    assert "kopf" not in dumped
+
+
+# ------------------------------------------------------------------------------------------ bad specs
+
+
+def miner_with(**spec: Any) -> Obj:
+    body = load(EXAMPLES / "quasarminer.yaml")
+    body["spec"] = {**body["spec"], **spec}
+    return body
+
+
+def errors_of(body: Obj) -> str:
+    with pytest.raises(ValidationError) as caught:
+        MODELS[body["kind"]].model_validate(body)
+    return error_summary(caught.value)
+
+
+def test_max_input_tokens_must_be_below_max_total_tokens() -> None:
+    body = miner_with(model={"id": "m", "maxInputTokens": 4096, "maxTotalTokens": 4096})
+    assert errors_of(body) == (
+        "spec.model: Value error, "
+        "maxInputTokens must be less than maxTotalTokens (and needs maxTotalTokens set)"
+    )
+    assert errors_of(miner_with(model={"id": "m", "maxInputTokens": 4096})).startswith("spec.model: ")
+
+
+def test_missing_wallet_is_rejected_by_models_and_schema() -> None:
+    body = load(EXAMPLES / "quasarminer.yaml")
+    del body["spec"]["wallet"]
+    assert errors_of(body) == "spec.wallet: Field required"
+    assert schema_errors("QuasarMiner", body) == ["spec: 'wallet' is a required property"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"model": {"id": "m", "shards": 2}}, "spec.model: Value error, shards cannot exceed gpusPerReplica"),
+        (
+            {"model": {"id": "m", "extraArgs": ["--max-batch-prefill-tokens=4096", "--port=81"]}},
+            "spec.model: Value error, extraArgs cannot set flags the operator derives from the spec",
+        ),
+        (
+            {"model": {"id": "m", "ropeScaling": {"type": "yarn", "factor": 2}}},
+            "spec.model.ropeScaling.type: ",
+        ),
+        (
+            {"model": {"id": "m", "ropeScaling": {"type": "linear", "factor": 0}}},
+            "spec.model.ropeScaling.factor: ",
+        ),
+        ({"engine": {"kind": "vllm"}}, "spec.engine.kind: Input should be 'tgi'"),
+        ({"engine": {"shmSize": "1GB"}}, "spec.engine.shmSize: String should match pattern"),
+        (
+            {"exposure": {"nodePort": 30091}},
+            "spec.exposure: Value error, nodePort needs serviceType NodePort",
+        ),
+        (
+            {"exposure": {"serviceType": "NodePort", "nodePort": 30091}},
+            "spec.exposure: Value error, serviceType NodePort needs externalIP and nodePort",
+        ),
+        ({"exposure": {"externalIP": "miner.example.com"}}, "spec.exposure.externalIP: Value error"),
+        ({"cache": {"existingClaim": "models", "storageClassName": "fast"}}, "spec.cache: Value error"),
+        (
+            {"subnet": {"netuid": 7, "chainEndpoint": "https://x"}},
+            "spec.subnet.chainEndpoint: String should match",
+        ),
+        ({"wallet": {"secretName": "Wallet"}}, "spec.wallet.secretName: String should match pattern"),
+        (
+            {"wallet": {"secretName": "w", "coldkey": "x"}},
+            "spec.wallet.coldkey: Extra inputs are not permitted",
+        ),
+        ({"replica": 2}, "spec.replica: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_miner_specs(spec: Obj, expected: str) -> None:
+    assert errors_of(miner_with(**spec)).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"tasks": {"narrativeqa": 1, "nosuch": 1}}, "spec.tasks: Value error, unknown task"),
+        ({"tasks": {"narrativeqa": 0}}, "spec.tasks: Value error, at least one weight must be positive"),
+        ({"bucketWeights": {"4k": 1}}, "spec.bucketWeights: Value error, unknown bucket"),
+        (
+            {"bucketWeights": {"32k": 1}},
+            "spec.bucketWeights: Value error, 32k would get more than 90% of rounds",
+        ),
+        ({"wandb": {"mode": "online"}}, "spec.wandb: Value error, mode online needs apiKeySecret"),
+        ({"data": {"existingClaim": "d", "path": "../etc"}}, "spec.data: Value error, path must be relative"),
+        ({"movingAverageAlpha": 0}, "spec.movingAverageAlpha: Input should be greater than 0"),
+    ],
+)
+def test_bad_validator_specs(spec: Obj, expected: str) -> None:
+    body = load(EXAMPLES / "quasarvalidator.yaml")
+    body["spec"] = {**body["spec"], **spec}
+    assert errors_of(body).startswith(expected)
+
+
+def test_schema_rejects_what_it_can_without_cel() -> None:
+    assert schema_errors("QuasarMiner", miner_with(engine={"kind": "vllm"})) == [
+        "spec.engine.kind: 'vllm' is not one of ['tgi']"
+    ]
+    assert schema_errors("QuasarMiner", miner_with(exposure={"externalIP": "not-an-ip"}))
+    assert schema_errors("QuasarMiner", miner_with(cache={"size": "200GB"}))

@@ -13,10 +13,14 @@ Both use the message of the same `Rule`.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AliasGenerator,
     BaseModel,
     BeforeValidator,
@@ -27,6 +31,10 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from evaluation.buckets import BUCKETS
+from evaluation.tasks import TASKS
+from neurons.rounds import MAX_BUCKET_SHARE
 
 GROUP = "quasar.ai"
 VERSION = "v1alpha1"
@@ -108,20 +116,48 @@ def _enforce(*broken: tuple[bool, Rule]) -> None:
         raise ValueError("; ".join(messages))
 
 
+# apimachinery's resource.Quantity syntax (the pattern Kubernetes' own CRDs use): `200GB` fails at apply
+# instead of when the operator creates the PVC.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+
 def _quantity(value: Any) -> Any:
-    # Kubernetes quantities may be written as YAML numbers (`cpu: 2`); the API hands them back as they came.
+    # Quantities may be written as YAML numbers (`cpu: 2`); the API hands them back as they came.
     return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 Quantity = Annotated[
     str,
     BeforeValidator(_quantity),
-    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+    Field(pattern=QUANTITY_PATTERN),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+        }
+    ),
 ]
 # Opaque Kubernetes objects (affinity, tolerations) are checked by the API server when the operator creates
 # the pod, so the CRD keeps them as free-form objects instead of copying the whole core/v1 schema.
 FreeForm = Annotated[
     dict[str, Any], WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+]
+
+
+def _ip_address(value: str) -> str:
+    ipaddress.ip_address(value)  # raises ValueError, which pydantic reports at the field's path
+    return value
+
+
+# The CRD checks the address with OpenAPI formats rather than CEL's isIP(), which Kubernetes 1.30 lacks.
+IPAddress = Annotated[
+    str,
+    AfterValidator(_ip_address),
+    WithJsonSchema({"type": "string", "maxLength": 45, "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}),
 ]
 K8sName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
 
@@ -273,10 +309,10 @@ _SHARDS = Rule(
     message="shards cannot exceed gpusPerReplica",
     field_path=".shards",
 )
+# One regular expression, read alike by CEL (RE2) and Python's re: `--flag`, `--flag=value`.
+_MANAGED_FLAG_RE = "^--(" + "|".join(f.removeprefix("--") for f in MANAGED_ENGINE_FLAGS) + ")(=|$)"
 _EXTRA_ARGS = Rule(
-    rule="self.extraArgs.all(a, "
-    + " && ".join(f"!(a == '{f}' || a.startsWith('{f}='))" for f in MANAGED_ENGINE_FLAGS)
-    + ")",
+    rule=f"self.extraArgs.all(a, !a.matches('{_MANAGED_FLAG_RE}'))",
     message="extraArgs cannot set flags the operator derives from the spec: "
     + ", ".join(MANAGED_ENGINE_FLAGS),
     field_path=".extraArgs",
@@ -343,7 +379,7 @@ class ModelSpec(_Base):
                 _MAX_TOKENS,
             ),
             (self.shards is not None and self.shards > self.gpus_per_replica, _SHARDS),
-            (any(a.split("=", 1)[0] in MANAGED_ENGINE_FLAGS for a in self.extra_args), _EXTRA_ARGS),
+            (any(re.search(_MANAGED_FLAG_RE, a) for a in self.extra_args), _EXTRA_ARGS),
         )
         return self
 
@@ -393,16 +429,12 @@ class ExposureSpec(_Base):
     node_port: int | None = Field(
         None, ge=1, le=65535, description="Node port (serviceType NodePort only; cluster's node port range)."
     )
-    external_ip: str | None = Field(
+    external_ip: IPAddress | None = Field(
         None,
-        max_length=45,
         description=(
             "IP address announced on chain (`--axon.external_ip`). Default with LoadBalancer: the load "
             "balancer's address once assigned."
         ),
-        json_schema_extra={
-            "x-kubernetes-validations": [{"rule": "isIP(self)", "message": "must be an IP address"}]
-        },
     )
     external_port: int | None = Field(
         None,
@@ -521,10 +553,45 @@ _WANDB_KEY = Rule(
     field_path=".apiKeySecret",
 )
 
-Weights = Annotated[
+_Weights = Annotated[
     dict[str, Annotated[float, Field(ge=0)]],
     Field(max_length=64, json_schema_extra={"x-kubernetes-map-type": "atomic"}),
 ]
+
+
+def _known_keys(names: Iterable[str], what: str) -> Rule:
+    listed = ", ".join(f"'{n}'" for n in names)
+    return Rule(rule=f"self.all(k, k in [{listed}])", message=f"unknown {what}; choose from {listed}")
+
+
+_TASK_NAMES = _known_keys(TASKS, "task")
+_BUCKET_NAMES = _known_keys(BUCKETS, "bucket")
+_POSITIVE = Rule(rule="self.exists(k, self[k] > 0)", message="at least one weight must be positive")
+
+
+def _weights(value: dict[str, float], known: Iterable[str], names: Rule) -> dict[str, float]:
+    _enforce((not set(value) <= set(known), names), (not any(w > 0 for w in value.values()), _POSITIVE))
+    return value
+
+
+def _bucket_weights(value: dict[str, float]) -> dict[str, float]:
+    _weights(value, BUCKETS, _BUCKET_NAMES)
+    total = sum(value.values())
+    too_big = [b for b, w in value.items() if w / total > MAX_BUCKET_SHARE + 1e-9]
+    if too_big:
+        # Only here, not in CEL (which has no sum()): the validator refuses it too, at startup.
+        raise ValueError(
+            f"{too_big[0]} would get more than {MAX_BUCKET_SHARE:.0%} of rounds; name more buckets"
+        )
+    return value
+
+
+def _task_weights(value: dict[str, float]) -> dict[str, float]:
+    return _weights(value, TASKS, _TASK_NAMES)
+
+
+TaskWeights = Annotated[_Weights, AfterValidator(_task_weights)]
+BucketWeights = Annotated[_Weights, AfterValidator(_bucket_weights)]
 
 
 class WandbSpec(_Base):
@@ -581,14 +648,17 @@ class QuasarValidatorSpec(_Base):
     wallet: WalletSpec = Field(description="The validator's hotkey.")
     subnet: SubnetSpec = Field(description="The subnet to validate.")
     neuron: NeuronSpec = _default(NeuronSpec)
-    tasks: Weights | None = Field(
-        None, description="Tasks and their weights (`--neuron.tasks`); default: the validator's."
+    tasks: TaskWeights | None = Field(
+        None,
+        description="Tasks and their weights (`--neuron.tasks`); default: the validator's.",
+        json_schema_extra=_rules(_TASK_NAMES, _POSITIVE),
     )
-    bucket_weights: Weights | None = Field(
+    bucket_weights: BucketWeights | None = Field(
         None,
         description=(
             "Context-length buckets (32k, 124k, 512k, 1.5m, 2m) and weights (`--neuron.bucket_weights`)."
         ),
+        json_schema_extra=_rules(_BUCKET_NAMES, _POSITIVE),
     )
     sample_size: int | None = Field(
         None, ge=1, le=4096, description="Miners asked per round (`--neuron.sample_size`)."

@@ -312,7 +312,7 @@ _SHARDS = Rule(
 # One regular expression, read alike by CEL (RE2) and Python's re: `--flag`, `--flag=value`.
 _MANAGED_FLAG_RE = "^--(" + "|".join(f.removeprefix("--") for f in MANAGED_ENGINE_FLAGS) + ")(=|$)"
 _EXTRA_ARGS = Rule(
-    rule=f"self.extraArgs.all(a, !a.matches('{_MANAGED_FLAG_RE}'))",
+    rule=f"!has(self.extraArgs) || self.extraArgs.all(a, !a.matches('{_MANAGED_FLAG_RE}'))",
     message="extraArgs cannot set flags the operator derives from the spec: "
     + ", ".join(MANAGED_ENGINE_FLAGS),
     field_path=".extraArgs",
@@ -566,7 +566,7 @@ def _known_keys(names: Iterable[str], what: str) -> Rule:
 
 _TASK_NAMES = _known_keys(TASKS, "task")
 _BUCKET_NAMES = _known_keys(BUCKETS, "bucket")
-_POSITIVE = Rule(rule="self.exists(k, self[k] > 0)", message="at least one weight must be positive")
+_POSITIVE = Rule(rule="self.exists(k, self[k] > 0.0)", message="at least one weight must be positive")
 
 
 def _weights(value: dict[str, float], known: Iterable[str], names: Rule) -> dict[str, float]:

@@ -1,0 +1,394 @@
+"""The objects of a QuasarMiner: the engine + miner Deployment, its Services, the model cache PVC.
+
+Each function builds one object from the resource's identity and spec. The Deployment also needs the
+address announced on chain (`miner_endpoint`): with a LoadBalancer that is only known once the cloud has
+assigned one, so the reconciler applies the Services first and the Deployment once the address exists.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from quasar_operator.builders.common import (
+    BuildError,
+    Obj,
+    Owner,
+    apply_pod_overrides,
+    child_name,
+    labels,
+    metadata,
+    neuron_env,
+    pod_security_context,
+    restricted_security_context,
+    secret_env,
+    selector_labels,
+    subnet_args,
+    tmp_volume,
+    wallet_args,
+    wallet_volume,
+)
+from quasar_operator.models import AXON_PORT, QuasarMinerSpec
+
+KIND = "QuasarMiner"
+
+# TGI's Prometheus server (`--prometheus-port`, its default).
+ENGINE_METRICS_PORT = 9000
+# The request body limit given to TGI: a 2M-token prompt is about 8 MB of JSON, TGI's default 2 MB.
+# 64 MiB as `quasar engine serve` uses, leaving room for long prompts in scripts that take more bytes a token.
+PAYLOAD_LIMIT_BYTES = 64 * 1024 * 1024
+# How long TGI lets running requests finish after SIGTERM (`--graceful-termination-timeout`, its default).
+ENGINE_DRAIN_S = 90
+# Time for the endpoint removal to reach kube-proxy and the load balancer before the containers get SIGTERM,
+# so no new query arrives at a pod that is stopping.
+PRESTOP_SLEEP_S = 15
+# The kubelet kills the pod this long after it starts stopping: the preStop sleep, TGI's drain, and margin.
+TERMINATION_GRACE_S = PRESTOP_SLEEP_S + ENGINE_DRAIN_S + 15
+STARTUP_PROBE_PERIOD_S = 10
+CACHE_MOUNT = "/data"  # the TGI image's HF_HOME
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """The address validators reach the miner at, as announced on chain."""
+
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MinerNames:
+    deployment: str
+    service: str
+    metrics_service: str
+    cache_claim: str
+
+
+def miner_names(name: str, spec: QuasarMinerSpec) -> MinerNames:
+    """Every object name, all checked at once so that a name too long fails every builder the same way."""
+    owner = Owner(KIND, name, "", "")
+    return MinerNames(
+        deployment=child_name(owner, "miner"),
+        service=child_name(owner, "miner"),
+        metrics_service=child_name(owner, "miner-metrics"),
+        cache_claim=spec.cache.existing_claim or child_name(owner, "miner-cache"),
+    )
+
+
+def miner_endpoint(spec: QuasarMinerSpec, service_status: Obj | None) -> Endpoint | None:
+    """The endpoint to announce, or None while the load balancer has no IP address yet.
+
+    `service_status` is the miner Service's `.status` as the API server reports it. The chain stores an IP
+    address, so a load balancer that only reports a host name (AWS ELB) needs `exposure.externalIP`.
+    """
+    exposure = spec.exposure
+    if exposure.service_type == "NodePort":
+        # The models require both (the node's public address and a fixed node port); this guards specs
+        # built without validation.
+        if exposure.external_ip is None or exposure.node_port is None:
+            raise BuildError("spec.exposure", "serviceType NodePort needs externalIP and nodePort")
+        ip, port = exposure.external_ip, exposure.node_port
+    else:
+        ingress: list[dict[str, Any]] = ((service_status or {}).get("loadBalancer") or {}).get(
+            "ingress"
+        ) or []
+        found = exposure.external_ip or next((i["ip"] for i in ingress if i.get("ip")), None)
+        if found is None:
+            return None
+        ip, port = found, exposure.port
+    return Endpoint(ip, exposure.external_port or port)
+
+
+def announced_endpoint(spec: QuasarMinerSpec, service_status: Obj | None) -> str | None:
+    """`ip:port` (IPv6 in brackets) for the status, or None while there is no address yet."""
+    endpoint = miner_endpoint(spec, service_status)
+    return None if endpoint is None else str(endpoint)
+
+
+def _check_ports(spec: QuasarMinerSpec) -> None:
+    # The engine and the miner share the pod's network namespace: one port each.
+    taken = {AXON_PORT: "the miner's axon port", ENGINE_METRICS_PORT: "TGI's Prometheus port"}
+    if spec.engine.port in taken:
+        raise BuildError(
+            "spec.engine.port", f"{spec.engine.port} is {taken[spec.engine.port]} in the same pod"
+        )
+
+
+def _check_cache(spec: QuasarMinerSpec) -> None:
+    if spec.cache.access_mode == "ReadWriteOncePod" and spec.replicas > 1:
+        raise BuildError(
+            "spec.cache.accessMode",
+            f"ReadWriteOncePod lets one pod mount the cache, but replicas is {spec.replicas}",
+        )
+
+
+def engine_args(spec: QuasarMinerSpec) -> list[str]:
+    model = spec.model
+    args = ["--model-id", model.id]
+    if model.revision is not None:
+        args += ["--revision", model.revision]
+    shards = model.shards or model.gpus_per_replica
+    if shards:
+        args += ["--num-shard", str(shards)]
+    if model.quantize is not None:
+        args += ["--quantize", model.quantize]
+    if model.dtype is not None:
+        args += ["--dtype", model.dtype]
+    if model.max_input_tokens is not None:
+        args += ["--max-input-tokens", str(model.max_input_tokens)]
+    if model.max_total_tokens is not None:
+        args += ["--max-total-tokens", str(model.max_total_tokens)]
+    if model.rope_scaling is not None:
+        args += ["--rope-scaling", model.rope_scaling.type, "--rope-factor", f"{model.rope_scaling.factor:g}"]
+    return [
+        *args,
+        "--hostname",
+        "0.0.0.0",  # the kubelet probes the pod's IP, not localhost
+        "--port",
+        str(spec.engine.port),
+        "--prometheus-port",
+        str(ENGINE_METRICS_PORT),
+        "--payload-limit",
+        str(PAYLOAD_LIMIT_BYTES),
+        "--graceful-termination-timeout",
+        str(ENGINE_DRAIN_S),
+        *model.extra_args,
+    ]
+
+
+def _engine_resources(spec: QuasarMinerSpec) -> Obj:
+    # gpusPerReplica is the one source of the GPU count; a GPU request elsewhere in the spec is overridden.
+    gpu = "nvidia.com/gpu"
+    requests = {k: v for k, v in spec.engine.resources.requests.items() if k != gpu}
+    limits = {k: v for k, v in spec.engine.resources.limits.items() if k != gpu}
+    if spec.model.gpus_per_replica:
+        limits[gpu] = str(spec.model.gpus_per_replica)
+    return {key: value for key, value in {"requests": requests, "limits": limits}.items() if value}
+
+
+def _prestop() -> Obj:
+    return {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}}
+
+
+def engine_container(spec: QuasarMinerSpec) -> Obj:
+    engine = spec.engine
+    env: list[Obj] = [{"name": "HF_HOME", "value": CACHE_MOUNT}]
+    token = spec.cache.hf_token_secret
+    if token is not None:
+        env.append(secret_env("HF_TOKEN", token))
+    return {
+        "name": "engine",
+        "image": engine.image,
+        "imagePullPolicy": engine.image_pull_policy,
+        "args": engine_args(spec),
+        "env": env,
+        "ports": [
+            {"name": "engine", "containerPort": engine.port, "protocol": "TCP"},
+            {"name": "engine-metrics", "containerPort": ENGINE_METRICS_PORT, "protocol": "TCP"},
+        ],
+        "resources": _engine_resources(spec),
+        "volumeMounts": [
+            {"name": "cache", "mountPath": CACHE_MOUNT},
+            {"name": "shm", "mountPath": "/dev/shm"},
+        ],
+        # TGI only listens once the model is downloaded and loaded: the startup probe carries the whole
+        # budget, and the other probes only start after it passed.
+        "startupProbe": {
+            "httpGet": {"path": "/health", "port": "engine"},
+            "periodSeconds": STARTUP_PROBE_PERIOD_S,
+            "timeoutSeconds": 10,
+            "failureThreshold": math.ceil(engine.startup_timeout_seconds / STARTUP_PROBE_PERIOD_S),
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": "engine"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 10,
+            "failureThreshold": 3,
+        },
+        # Liveness only asks whether the port accepts connections, for five minutes: /health can wait behind
+        # a prefill of millions of tokens, and restarting a busy engine would reload the whole model.
+        "livenessProbe": {
+            "tcpSocket": {"port": "engine"},
+            "periodSeconds": 30,
+            "timeoutSeconds": 10,
+            "failureThreshold": 10,
+        },
+        "lifecycle": _prestop(),
+        # TGI's image runs as root and writes the cache; it still gets no way to gain more privileges.
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+
+
+def miner_args(spec: QuasarMinerSpec, endpoint: Endpoint) -> list[str]:
+    neuron = spec.neuron
+    args = [
+        *subnet_args(spec.subnet),
+        *wallet_args(spec.wallet),
+        "--axon.port",
+        str(AXON_PORT),
+        "--axon.external_ip",
+        endpoint.ip,
+        "--axon.external_port",
+        str(endpoint.port),
+        "--engine.url",
+        f"http://127.0.0.1:{spec.engine.port}",
+        "--engine.kind",
+        spec.engine.kind,
+        # The miner refuses to serve if TGI reports another model_id: the same string as --model-id.
+        "--miner.model_name",
+        spec.model.id,
+    ]
+    if neuron.min_stake is not None:
+        args += ["--blacklist.min_stake", f"{neuron.min_stake:g}"]
+    if neuron.engine_timeout_seconds is not None:
+        args += ["--engine.timeout", str(neuron.engine_timeout_seconds)]
+    if neuron.debug:
+        args.append("--logging.debug")
+    return [*args, *neuron.args]
+
+
+def miner_container(spec: QuasarMinerSpec, endpoint: Endpoint) -> Obj:
+    neuron = spec.neuron
+    resources = {
+        key: dict(value)
+        for key, value in {"requests": neuron.resources.requests, "limits": neuron.resources.limits}.items()
+        if value
+    }
+    return {
+        "name": "miner",
+        "image": neuron.image,
+        "imagePullPolicy": neuron.image_pull_policy,
+        "command": ["quasar", "miner"],
+        "args": miner_args(spec, endpoint),
+        "env": neuron_env(),
+        "ports": [{"name": "axon", "containerPort": AXON_PORT, "protocol": "TCP"}],
+        "resources": resources,
+        "volumeMounts": [wallet_volume(spec.wallet)[1], tmp_volume()[1]],
+        # Ready only when the engine serves the configured model and the chain shows the announced endpoint.
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "axon"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 15,  # /readyz may wait up to 10 s for the engine's /info
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "axon"},
+            "periodSeconds": 20,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+        "lifecycle": _prestop(),
+        "securityContext": restricted_security_context(),
+    }
+
+
+def _strategy(spec: QuasarMinerSpec) -> Obj:
+    # A surge pod must mount the cache while the old pod still holds it: only a ReadWriteMany claim lets it
+    # do so on any node. Otherwise it would wait forever holding a GPU, so the old pod goes first.
+    if spec.cache.access_mode == "ReadWriteMany":
+        return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    return {"type": "Recreate"}
+
+
+def miner_deployment(name: str, namespace: str, uid: str, spec: QuasarMinerSpec, endpoint: Endpoint) -> Obj:
+    """The engine + miner pods; `endpoint` is what `miner_endpoint` found for the Service."""
+    _check_ports(spec)
+    _check_cache(spec)
+    owner = Owner(KIND, name, namespace, uid)
+    names = miner_names(name, spec)
+    volumes = [
+        {"name": "cache", "persistentVolumeClaim": {"claimName": names.cache_claim}},
+        # NCCL exchanges tensors between shards through shared memory; the container default is 64 MB.
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.engine.shm_size}},
+        wallet_volume(spec.wallet)[0],
+        tmp_volume()[0],
+    ]
+    template = {
+        "metadata": {"labels": labels(owner)},
+        "spec": {
+            "containers": [engine_container(spec), miner_container(spec, endpoint)],
+            "volumes": volumes,
+            "securityContext": pod_security_context(),
+            "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+            # The neurons never call the Kubernetes API, and service environment variables only add noise.
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(owner, names.deployment),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector_labels(owner)},
+            "strategy": _strategy(spec),
+            # The default 10 minutes would report a rollout as failed while the model is still loading.
+            "progressDeadlineSeconds": spec.engine.startup_timeout_seconds + 600,
+            "template": apply_pod_overrides(template, spec.pod),
+        },
+    }
+
+
+def miner_service(name: str, namespace: str, uid: str, spec: QuasarMinerSpec) -> Obj:
+    """The Service validators reach the miners through (LoadBalancer or NodePort)."""
+    owner = Owner(KIND, name, namespace, uid)
+    exposure = spec.exposure
+    port: Obj = {"name": "axon", "port": exposure.port, "targetPort": "axon", "protocol": "TCP"}
+    if exposure.node_port is not None:
+        port["nodePort"] = exposure.node_port
+    meta = metadata(owner, miner_names(name, spec).service)
+    if exposure.annotations:
+        meta["annotations"] = dict(exposure.annotations)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {"type": exposure.service_type, "selector": selector_labels(owner), "ports": [port]},
+    }
+
+
+def miner_metrics_service(name: str, namespace: str, uid: str, spec: QuasarMinerSpec) -> Obj:
+    """A cluster-internal Service for Prometheus (a ServiceMonitor selects it by label and port name):
+    TGI's metrics (queue size, batch size: the autoscaling signals) and the miner's own."""
+    owner = Owner(KIND, name, namespace, uid)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(owner, miner_names(name, spec).metrics_service),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(owner),
+            "ports": [
+                {
+                    "name": "engine-metrics",
+                    "port": ENGINE_METRICS_PORT,
+                    "targetPort": "engine-metrics",
+                    "protocol": "TCP",
+                },
+                {"name": "miner-metrics", "port": AXON_PORT, "targetPort": "axon", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def miner_cache_claim(name: str, namespace: str, uid: str, spec: QuasarMinerSpec) -> Obj | None:
+    """The model cache PVC, or None for an existing claim (the operator leaves that one alone)."""
+    cache = spec.cache
+    if cache.existing_claim is not None:
+        return None
+    owner = Owner(KIND, name, namespace, uid)
+    claim: Obj = {
+        "accessModes": [cache.access_mode],
+        "resources": {"requests": {"storage": cache.size}},
+    }
+    if cache.storage_class_name is not None:
+        claim["storageClassName"] = cache.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(owner, miner_names(name, spec).cache_claim),
+        "spec": claim,
+    }

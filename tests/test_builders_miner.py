@@ -1,0 +1,539 @@
+"""The QuasarMiner builders: every spec field lands where it should, and every object is valid Kubernetes."""
+
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+from quasar_operator.builders import (
+    BuildError,
+    Endpoint,
+    announced_endpoint,
+    miner_cache_claim,
+    miner_deployment,
+    miner_endpoint,
+    miner_metrics_service,
+    miner_service,
+)
+from quasar_operator.builders.miner import ENGINE_DRAIN_S, PRESTOP_SLEEP_S
+from quasar_operator.models import AXON_PORT, NEURON_IMAGE, TGI_IMAGE, QuasarMinerSpec
+
+from neurons.miner import build_parser
+
+# The oldest Kubernetes release the objects are for: 1.30 turned the preStop `sleep` action on by default.
+K8S_VERSION = "1.30.0"
+
+NAME, NAMESPACE, UID = "alpha", "miners", "0b8f3c1e-1111-2222-3333-444455556666"
+ENDPOINT = Endpoint("203.0.113.5", 8091)
+MINIMAL: dict[str, Any] = {
+    "model": {"id": "Qwen/Qwen2.5-7B-Instruct-1M"},
+    "wallet": {"secretName": "miner-wallet"},
+    "subnet": {"netuid": 42},
+}
+FULL: dict[str, Any] = {
+    "model": {
+        "id": "Qwen/Qwen2.5-14B-Instruct-1M",
+        "revision": "abc123",
+        "maxInputTokens": 1_000_000,
+        "maxTotalTokens": 1_010_000,
+        "quantize": "fp8",
+        "dtype": "bfloat16",
+        "ropeScaling": {"type": "dynamic", "factor": 4.0},
+        "gpusPerReplica": 4,
+        "shards": 2,
+        "extraArgs": ["--max-batch-prefill-tokens", "65536"],
+    },
+    "engine": {
+        "image": "example.com/tgi:3.3.5",
+        "imagePullPolicy": "Always",
+        "port": 8080,
+        "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "128Gi"}},
+        "shmSize": "16Gi",
+        "startupTimeoutSeconds": 2700,
+    },
+    "wallet": {"secretName": "miner-wallet", "name": "cold", "hotkey": "hot1"},
+    "subnet": {"netuid": 7, "network": "test", "chainEndpoint": "wss://test.chain.example:443"},
+    "exposure": {
+        "serviceType": "NodePort",
+        "port": 9100,
+        "nodePort": 30091,
+        "externalIP": "198.51.100.7",
+        "externalPort": 30091,
+        "annotations": {"example.com/lb": "x"},
+    },
+    "replicas": 3,
+    "cache": {
+        "size": "500Gi",
+        "storageClassName": "fast",
+        "accessMode": "ReadWriteMany",
+        "hfTokenSecret": {"name": "hf", "key": "token"},
+    },
+    "neuron": {
+        "image": "example.com/quasar:dev",
+        "imagePullPolicy": "Never",
+        "resources": {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}},
+        "args": ["--engine.timeout", "1800"],
+        "debug": True,
+        "minStake": 500,
+    },
+    "pod": {
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}
+                    ]
+                }
+            }
+        },
+        "nodeSelector": {"pool": "gpu"},
+        "priorityClassName": "miners",
+        "runtimeClassName": "nvidia",
+        "serviceAccountName": "miner",
+        "imagePullSecrets": ["registry"],
+        "annotations": {"example.com/note": "hi"},
+        "labels": {"team": "ml", "app.kubernetes.io/instance": "hijack"},
+    },
+}
+
+
+def spec(raw: dict[str, Any] = MINIMAL, **changes: Any) -> QuasarMinerSpec:
+    merged = {**raw, **changes}
+    return QuasarMinerSpec.model_validate(merged)
+
+
+def deployment(s: QuasarMinerSpec, endpoint: Endpoint = ENDPOINT, name: str = NAME) -> dict[str, Any]:
+    return miner_deployment(name, NAMESPACE, UID, s, endpoint)
+
+
+def containers(s: QuasarMinerSpec) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in deployment(s)["spec"]["template"]["spec"]["containers"]}
+
+
+def flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def all_objects(s: QuasarMinerSpec, name: str = NAME) -> list[dict[str, Any]]:
+    objects = [
+        deployment(s, name=name),
+        miner_service(name, NAMESPACE, UID, s),
+        miner_metrics_service(name, NAMESPACE, UID, s),
+    ]
+    claim = miner_cache_claim(name, NAMESPACE, UID, s)
+    return objects if claim is None else [*objects, claim]
+
+
+SPECS = {
+    "minimal": MINIMAL,
+    "full": FULL,
+    "existing-claim": {**MINIMAL, "cache": {"existingClaim": "models"}},
+    "cpu": {**MINIMAL, "model": {"id": "tiny", "gpusPerReplica": 0}},
+}
+
+
+# ------------------------------------------------------------------------------------ valid objects
+
+
+@pytest.mark.parametrize("raw", SPECS.values(), ids=SPECS.keys())
+def test_every_object_passes_kubernetes_validate(raw: dict[str, Any]) -> None:
+    for obj in all_objects(spec(raw)):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("raw", SPECS.values(), ids=SPECS.keys())
+def test_every_object_is_owned_by_the_miner_and_labelled(raw: dict[str, Any]) -> None:
+    for obj in all_objects(spec(raw)):
+        meta = obj["metadata"]
+        assert meta["namespace"] == NAMESPACE
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "quasar.ai/v1alpha1",
+                "kind": "QuasarMiner",
+                "name": NAME,
+                "uid": UID,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "quasar-operator"
+        assert meta["labels"]["app.kubernetes.io/name"] == "quasar-miner"
+        assert meta["labels"]["quasar.ai/miner"] == NAME
+
+
+def test_services_select_the_deployments_pods() -> None:
+    s = spec(FULL)
+    d = deployment(s)
+    pod_labels = d["spec"]["template"]["metadata"]["labels"]
+    selector = d["spec"]["selector"]["matchLabels"]
+    assert selector == {
+        "app.kubernetes.io/name": "quasar-miner",
+        "app.kubernetes.io/instance": NAME,
+        "quasar.ai/miner": NAME,
+    }
+    # The user's label of the same key lost: the selector still matches the pods.
+    assert selector.items() <= pod_labels.items()
+    for service in (miner_service(NAME, NAMESPACE, UID, s), miner_metrics_service(NAME, NAMESPACE, UID, s)):
+        assert service["spec"]["selector"] == selector
+
+
+# ------------------------------------------------------------------------------------ the engine
+
+
+def test_engine_defaults() -> None:
+    engine = containers(spec())["engine"]
+    args = engine["args"]
+    assert engine["image"] == TGI_IMAGE
+    assert flag(args, "--model-id") == "Qwen/Qwen2.5-7B-Instruct-1M"
+    assert flag(args, "--num-shard") == "1"
+    assert flag(args, "--port") == "80"
+    assert flag(args, "--hostname") == "0.0.0.0"
+    assert flag(args, "--prometheus-port") == "9000"
+    # A 2M-token prompt is about 8 MB: TGI's 2 MB default would refuse it.
+    assert int(flag(args, "--payload-limit")) >= 32 * 1024 * 1024
+    assert flag(args, "--graceful-termination-timeout") == str(ENGINE_DRAIN_S)
+    for absent in ("--revision", "--quantize", "--dtype", "--max-input-tokens", "--rope-scaling"):
+        assert absent not in args
+    assert engine["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    assert {"name": "HF_HOME", "value": "/data"} in engine["env"]
+    assert not any(e["name"] == "HF_TOKEN" for e in engine["env"])
+
+
+@pytest.mark.parametrize(
+    ("flag_name", "value"),
+    [
+        ("--model-id", "Qwen/Qwen2.5-14B-Instruct-1M"),
+        ("--revision", "abc123"),
+        ("--max-input-tokens", "1000000"),
+        ("--max-total-tokens", "1010000"),
+        ("--quantize", "fp8"),
+        ("--dtype", "bfloat16"),
+        ("--rope-scaling", "dynamic"),
+        ("--rope-factor", "4"),
+        ("--num-shard", "2"),
+        ("--port", "8080"),
+        ("--max-batch-prefill-tokens", "65536"),
+    ],
+)
+def test_engine_args_from_the_spec(flag_name: str, value: str) -> None:
+    assert flag(containers(spec(FULL))["engine"]["args"], flag_name) == value
+
+
+def test_extra_engine_args_come_last() -> None:
+    assert containers(spec(FULL))["engine"]["args"][-2:] == ["--max-batch-prefill-tokens", "65536"]
+
+
+def test_shards_default_to_the_gpus_and_no_gpu_means_no_shard_flag() -> None:
+    assert (
+        flag(containers(spec(model={"id": "m", "gpusPerReplica": 8}))["engine"]["args"], "--num-shard") == "8"
+    )
+    engine = containers(spec(SPECS["cpu"]))["engine"]
+    assert "--num-shard" not in engine["args"]
+    assert engine["resources"] == {}
+
+
+def test_engine_container_fields_from_the_spec() -> None:
+    engine = containers(spec(FULL))["engine"]
+    assert engine["image"] == "example.com/tgi:3.3.5"
+    assert engine["imagePullPolicy"] == "Always"
+    assert engine["resources"] == {
+        "requests": {"cpu": "8", "memory": "64Gi"},
+        "limits": {"memory": "128Gi", "nvidia.com/gpu": "4"},
+    }
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}} in engine[
+        "env"
+    ]
+    ports = {p["name"]: p["containerPort"] for p in engine["ports"]}
+    assert ports == {"engine": 8080, "engine-metrics": 9000}
+
+
+def test_gpus_per_replica_wins_over_a_gpu_in_the_engine_resources() -> None:
+    raw = {
+        **MINIMAL,
+        "engine": {"resources": {"requests": {"nvidia.com/gpu": 3}, "limits": {"nvidia.com/gpu": 3}}},
+    }
+    assert containers(spec(raw))["engine"]["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+
+
+def test_engine_probes_give_a_long_startup_and_a_lenient_liveness() -> None:
+    engine = containers(spec(FULL))["engine"]
+    startup = engine["startupProbe"]
+    assert startup["httpGet"] == {"path": "/health", "port": "engine"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 2700
+    assert engine["readinessProbe"]["httpGet"] == {"path": "/health", "port": "engine"}
+    liveness = engine["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 300
+    default = containers(spec())["engine"]["startupProbe"]
+    assert default["periodSeconds"] * default["failureThreshold"] == 3600
+
+
+def test_cache_and_shared_memory_volumes() -> None:
+    pod = deployment(spec(FULL))["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["cache"] == {"name": "cache", "persistentVolumeClaim": {"claimName": "alpha-miner-cache"}}
+    assert volumes["shm"] == {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}
+    mounts = {m["name"]: m["mountPath"] for m in containers(spec(FULL))["engine"]["volumeMounts"]}
+    assert mounts == {"cache": "/data", "shm": "/dev/shm"}
+    existing = deployment(spec(SPECS["existing-claim"]))["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "models"}} in existing
+
+
+def test_termination_outlasts_the_prestop_sleep_and_tgis_drain() -> None:
+    pod = deployment(spec())["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > PRESTOP_SLEEP_S + ENGINE_DRAIN_S
+    for container in pod["containers"]:
+        assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}}
+
+
+# ------------------------------------------------------------------------------------ the miner sidecar
+
+
+def test_sidecar_flags_all_exist_in_the_miners_parser() -> None:
+    s = spec(FULL)
+    miner = containers(s)["miner"]
+    assert miner["command"] == ["quasar", "miner"]
+    args = build_parser("quasar miner").parse_args(miner["args"])
+    assert args.netuid == 7
+    assert args.network == "test"
+    assert args.chain_endpoint == "wss://test.chain.example:443"
+    assert (args.wallet_name, args.wallet_hotkey, args.wallet_path) == ("cold", "hot1", "/etc/quasar/wallets")
+    assert args.axon_port == AXON_PORT
+    assert (args.external_ip, args.external_port) == ("203.0.113.5", 8091)
+    assert args.engine_url == "http://127.0.0.1:8080"
+    assert args.engine_kind == "tgi"
+    assert args.model_name == "Qwen/Qwen2.5-14B-Instruct-1M"
+    assert args.min_stake == 500
+    assert args.debug is True
+    assert args.engine_timeout == 1800  # from neuron.args, appended last
+
+
+def test_sidecar_defaults_parse_too() -> None:
+    args = build_parser("quasar miner").parse_args(containers(spec())["miner"]["args"])
+    assert args.chain_endpoint is None
+    assert args.debug is False
+    assert args.engine_url == "http://127.0.0.1:80"
+    assert args.engine_timeout == 3600  # the miner's default: no flag given
+
+
+def test_engine_timeout_from_the_spec() -> None:
+    raw = {**MINIMAL, "neuron": {"engineTimeoutSeconds": 900}}
+    args = build_parser("quasar miner").parse_args(containers(spec(raw))["miner"]["args"])
+    assert args.engine_timeout == 900
+
+
+def test_sidecar_container() -> None:
+    miner = containers(spec(FULL))["miner"]
+    assert miner["image"] == "example.com/quasar:dev"
+    assert miner["imagePullPolicy"] == "Never"
+    assert miner["resources"] == {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}}
+    assert miner["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "axon"}
+    assert miner["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "axon"}
+    assert miner["ports"] == [{"name": "axon", "containerPort": AXON_PORT, "protocol": "TCP"}]
+    assert containers(spec())["miner"]["image"] == NEURON_IMAGE
+
+
+def test_sidecar_runs_locked_down() -> None:
+    miner = containers(spec())["miner"]
+    context = miner["securityContext"]
+    assert context["runAsNonRoot"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    mounts = {m["name"]: m for m in miner["volumeMounts"]}
+    assert mounts["tmp"]["mountPath"] == "/tmp"
+    assert mounts["wallet"] == {"name": "wallet", "mountPath": "/etc/quasar/wallets", "readOnly": True}
+    assert containers(spec())["engine"]["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_only_the_hotkey_and_coldkeypub_are_mounted() -> None:
+    pod = deployment(spec(FULL))["spec"]["template"]["spec"]
+    (wallet,) = [v for v in pod["volumes"] if v["name"] == "wallet"]
+    assert wallet["secret"]["secretName"] == "miner-wallet"
+    # bittensor's layout under --wallet.path: <name>/hotkeys/<hotkey> and <name>/coldkeypub.txt.
+    assert wallet["secret"]["items"] == [
+        {"key": "hotkey", "path": "cold/hotkeys/hot1"},
+        {"key": "coldkeypub.txt", "path": "cold/coldkeypub.txt"},
+    ]
+    assert not any(
+        "coldkey" in item["path"] and "pub" not in item["path"] for item in wallet["secret"]["items"]
+    )
+    # Only the miner sees the wallet.
+    engine_mounts = {m["name"] for m in containers(spec(FULL))["engine"]["volumeMounts"]}
+    assert "wallet" not in engine_mounts
+
+
+# ------------------------------------------------------------------------------------ the Deployment
+
+
+def test_deployment_fields() -> None:
+    d = deployment(spec(FULL))
+    assert d["metadata"]["name"] == "alpha-miner"
+    assert d["spec"]["replicas"] == 3
+    assert d["spec"]["progressDeadlineSeconds"] > 2700
+    assert d["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    pod = d["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["fsGroup"] == containers(spec())["miner"]["securityContext"]["runAsGroup"]
+
+
+@pytest.mark.parametrize("mode", ["ReadWriteOnce", "ReadWriteOncePod"])
+def test_a_cache_only_one_node_can_mount_recreates(mode: str) -> None:
+    d = deployment(spec(cache={"accessMode": mode}))
+    assert d["spec"]["strategy"] == {"type": "Recreate"}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("tolerations", [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
+        ("nodeSelector", {"pool": "gpu"}),
+        ("priorityClassName", "miners"),
+        ("runtimeClassName", "nvidia"),
+        ("serviceAccountName", "miner"),
+        ("imagePullSecrets", [{"name": "registry"}]),
+    ],
+)
+def test_pod_overrides(key: str, value: Any) -> None:
+    assert deployment(spec(FULL))["spec"]["template"]["spec"][key] == value
+
+
+def test_pod_override_affinity_annotations_and_labels() -> None:
+    template = deployment(spec(FULL))["spec"]["template"]
+    assert template["spec"]["affinity"] == FULL["pod"]["affinity"]
+    assert template["metadata"]["annotations"] == {"example.com/note": "hi"}
+    assert template["metadata"]["labels"]["team"] == "ml"
+    assert template["metadata"]["labels"]["app.kubernetes.io/instance"] == NAME
+    plain = deployment(spec())["spec"]["template"]
+    assert "annotations" not in plain["metadata"]
+    assert not {"tolerations", "affinity", "nodeSelector", "priorityClassName"} & plain["spec"].keys()
+
+
+# ------------------------------------------------------------------------------------ Services and the PVC
+
+
+def test_load_balancer_service_by_default() -> None:
+    service = miner_service(NAME, NAMESPACE, UID, spec())
+    assert service["metadata"]["name"] == "alpha-miner"
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["spec"]["ports"] == [
+        {"name": "axon", "port": AXON_PORT, "targetPort": "axon", "protocol": "TCP"}
+    ]
+    assert "annotations" not in service["metadata"]
+
+
+def test_node_port_service() -> None:
+    service = miner_service(NAME, NAMESPACE, UID, spec(FULL))
+    assert service["spec"]["type"] == "NodePort"
+    assert service["spec"]["ports"] == [
+        {"name": "axon", "port": 9100, "targetPort": "axon", "protocol": "TCP", "nodePort": 30091}
+    ]
+    assert service["metadata"]["annotations"] == {"example.com/lb": "x"}
+
+
+def test_metrics_service_names_its_ports_for_prometheus() -> None:
+    service = miner_metrics_service(NAME, NAMESPACE, UID, spec())
+    assert service["metadata"]["name"] == "alpha-miner-metrics"
+    assert service["spec"]["type"] == "ClusterIP"
+    ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+    assert ports == {"engine-metrics": (9000, "engine-metrics"), "miner-metrics": (AXON_PORT, "axon")}
+
+
+def test_cache_claim() -> None:
+    claim = miner_cache_claim(NAME, NAMESPACE, UID, spec(FULL))
+    assert claim is not None
+    assert claim["metadata"]["name"] == "alpha-miner-cache"
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": "500Gi"}},
+        "storageClassName": "fast",
+    }
+    default = miner_cache_claim(NAME, NAMESPACE, UID, spec())
+    assert default is not None
+    assert default["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "200Gi"}},
+    }
+    assert miner_cache_claim(NAME, NAMESPACE, UID, spec(SPECS["existing-claim"])) is None
+
+
+# ------------------------------------------------------------------------------------ the endpoint
+
+
+@pytest.mark.parametrize(
+    ("exposure", "status", "expected"),
+    [
+        ({}, None, None),
+        ({}, {"loadBalancer": {}}, None),
+        ({}, {"loadBalancer": {"ingress": [{"hostname": "lb.example.com"}]}}, None),
+        ({}, {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}, "203.0.113.9:8091"),
+        (
+            {},
+            {"loadBalancer": {"ingress": [{"hostname": "lb.example.com"}, {"ip": "203.0.113.9"}]}},
+            "203.0.113.9:8091",
+        ),
+        ({"port": 443}, {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}, "203.0.113.9:443"),
+        ({"externalIP": "198.51.100.1"}, None, "198.51.100.1:8091"),
+        ({"externalIP": "198.51.100.1", "externalPort": 9999}, None, "198.51.100.1:9999"),
+        ({}, {"loadBalancer": {"ingress": [{"ip": "2001:db8::1"}]}}, "[2001:db8::1]:8091"),
+        (
+            {"serviceType": "NodePort", "nodePort": 30091, "externalIP": "198.51.100.1"},
+            None,
+            "198.51.100.1:30091",
+        ),
+        (
+            {"serviceType": "NodePort", "nodePort": 30091, "externalIP": "198.51.100.1", "externalPort": 443},
+            None,
+            "198.51.100.1:443",
+        ),
+    ],
+)
+def test_announced_endpoint(
+    exposure: dict[str, Any], status: dict[str, Any] | None, expected: str | None
+) -> None:
+    s = spec(exposure=exposure)
+    assert announced_endpoint(s, status) == expected
+    found = miner_endpoint(s, status)
+    assert (None if found is None else str(found)) == expected
+
+
+def test_the_announced_endpoint_reaches_the_sidecar() -> None:
+    s = spec(exposure={"externalIP": "2001:db8::5", "externalPort": 443})
+    found = miner_endpoint(s, None)
+    assert found is not None
+    (_, miner) = deployment(s, found)["spec"]["template"]["spec"]["containers"]
+    args = build_parser("quasar miner").parse_args(miner["args"])
+    assert (args.external_ip, args.external_port) == ("2001:db8::5", 443)
+
+
+# ------------------------------------------------------------------------------------ what cannot be built
+
+
+@pytest.mark.parametrize(("port", "what"), [(AXON_PORT, "axon"), (9000, "Prometheus")])
+def test_engine_port_colliding_in_the_pod_is_refused(port: int, what: str) -> None:
+    with pytest.raises(BuildError, match=rf"spec\.engine\.port: {port} is .*{what}"):
+        deployment(spec(engine={"port": port}))
+
+
+def test_a_single_pod_cache_with_several_replicas_is_refused() -> None:
+    with pytest.raises(BuildError, match=r"spec\.cache\.accessMode: ReadWriteOncePod .* replicas is 2"):
+        deployment(spec(replicas=2, cache={"accessMode": "ReadWriteOncePod"}))
+
+
+@pytest.mark.parametrize("name", ["a" * 50, "with.dots", "9starts-with-digit"])
+def test_a_name_that_cannot_name_the_services_is_refused(name: str) -> None:
+    for build in (miner_service, miner_metrics_service, miner_cache_claim):
+        with pytest.raises(BuildError, match=r"metadata\.name: .* DNS-1035 label"):
+            build(name, NAMESPACE, UID, spec())
+    with pytest.raises(BuildError, match=r"metadata\.name"):
+        miner_deployment(name, NAMESPACE, UID, spec(), ENDPOINT)
+
+
+def test_the_longest_name_that_fits() -> None:
+    name = "a" * (63 - len("-miner-metrics"))
+    for obj in all_objects(spec(), name):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    assert miner_metrics_service(name, NAMESPACE, UID, spec())["metadata"]["name"] == name + "-miner-metrics"

@@ -446,3 +446,11 @@ def test_schema_rejects_what_it_can_without_cel() -> None:
     ]
     assert schema_errors("QuasarMiner", miner_with(exposure={"externalIP": "not-an-ip"}))
     assert schema_errors("QuasarMiner", miner_with(cache={"size": "200GB"}))
+
+
+@pytest.mark.parametrize("kind", ["QuasarMiner", "QuasarValidator"])
+def test_docs_name_every_spec_section(kind: str) -> None:
+    docs = (crds.CRD_DIR.parent / "docs" / "crds.md").read_text(encoding="utf-8")
+    section = docs.split(f"## {kind}\n", 1)[1].split("\n## ", 1)[0]
+    spec = root_schema(CRD_OF_KIND[kind]())["properties"]["spec"]
+    assert [name for name in spec["properties"] if f"`{name}`" not in section] == []

@@ -26,8 +26,8 @@ MANAGED_BY = "quasar-operator"
 # <path>/<name>/coldkeypub.txt, so `--wallet.path` points here.
 WALLET_MOUNT = "/etc/quasar/wallets"
 
-# The neuron images run as this unprivileged user; a numeric id lets the kubelet check runAsNonRoot
-# whatever the image's USER line says.
+# The neuron containers run as this unprivileged user (distroless's `nonroot`); a numeric id lets the kubelet
+# check runAsNonRoot whatever the image's USER line says.
 NEURON_UID = 65532
 
 # Services, and the pods' label values, are DNS-1035 labels: 63 characters, lower case, no dots.
@@ -38,7 +38,7 @@ _MAX_LABEL = 63
 class BuildError(ValueError):
     """A resource the CRD schema accepted but that cannot be turned into working objects.
 
-    The message names the field (`spec.model.numShard: ...`), for the status condition and the Event.
+    The message names the field (`spec.engine.port: ...`), for the status condition and the Event.
     """
 
     def __init__(self, field: str, problem: str) -> None:

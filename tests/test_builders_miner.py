@@ -12,6 +12,7 @@ from quasar_operator.builders import (
     miner_deployment,
     miner_endpoint,
     miner_metrics_service,
+    miner_selector,
     miner_service,
 )
 from quasar_operator.builders.miner import ENGINE_DRAIN_S, PRESTOP_SLEEP_S
@@ -175,6 +176,8 @@ def test_services_select_the_deployments_pods() -> None:
     assert selector.items() <= pod_labels.items()
     for service in (miner_service(NAME, NAMESPACE, UID, s), miner_metrics_service(NAME, NAMESPACE, UID, s)):
         assert service["spec"]["selector"] == selector
+    # The scale subresource's selector (status.selector) picks the same pods.
+    assert dict(term.split("=") for term in miner_selector(NAME).split(",")) == selector
 
 
 # ------------------------------------------------------------------------------------ the engine

@@ -12,6 +12,7 @@ from quasar_operator.builders.miner import (
     miner_deployment,
     miner_endpoint,
     miner_metrics_service,
+    miner_selector,
     miner_service,
 )
 from quasar_operator.builders.validator import validator_service, validator_statefulset
@@ -24,6 +25,7 @@ __all__ = [
     "miner_deployment",
     "miner_endpoint",
     "miner_metrics_service",
+    "miner_selector",
     "miner_service",
     "validator_service",
     "validator_statefulset",

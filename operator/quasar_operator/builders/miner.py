@@ -77,6 +77,12 @@ def miner_names(name: str, spec: QuasarMinerSpec) -> MinerNames:
     )
 
 
+def miner_selector(name: str) -> str:
+    """The pods' label selector as a string: `status.selector`, what the scale subresource gives an HPA."""
+    owner = Owner(KIND, name, "", "")
+    return ",".join(f"{key}={value}" for key, value in selector_labels(owner).items())
+
+
 def miner_endpoint(spec: QuasarMinerSpec, service_status: Obj | None) -> Endpoint | None:
     """The endpoint to announce, or None while the load balancer has no IP address yet.
 

@@ -553,29 +553,38 @@ _WANDB_KEY = Rule(
     field_path=".apiKeySecret",
 )
 
-_Weights = Annotated[
-    dict[str, Annotated[float, Field(ge=0)]],
-    Field(max_length=64, json_schema_extra={"x-kubernetes-map-type": "atomic"}),
-]
+
+def _weights_schema(names: Iterable[str], what: str) -> WithJsonSchema:
+    # One property per known name rather than a free map: kubectl's strict field validation then refuses
+    # unknown names, and no CEL rule has to iterate over map keys, whose length the API server's cost
+    # estimator cannot bound (such a rule could push the CRD over its CEL budget).
+    return WithJsonSchema(
+        {
+            "type": "object",
+            "x-kubernetes-map-type": "atomic",
+            "properties": {
+                name: {"type": "number", "minimum": 0, "description": f"Weight of the {name} {what}."}
+                for name in names
+            },
+        }
+    )
 
 
-def _known_keys(names: Iterable[str], what: str) -> Rule:
-    listed = ", ".join(f"'{n}'" for n in names)
-    return Rule(rule=f"self.all(k, k in [{listed}])", message=f"unknown {what}; choose from {listed}")
+def _check_weights(value: dict[str, float], known: Iterable[str], what: str) -> None:
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(known)}")
+    if not any(w > 0 for w in value.values()):
+        raise ValueError("at least one weight must be positive")
 
 
-_TASK_NAMES = _known_keys(TASKS, "task")
-_BUCKET_NAMES = _known_keys(BUCKETS, "bucket")
-_POSITIVE = Rule(rule="self.exists(k, self[k] > 0.0)", message="at least one weight must be positive")
-
-
-def _weights(value: dict[str, float], known: Iterable[str], names: Rule) -> dict[str, float]:
-    _enforce((not set(value) <= set(known), names), (not any(w > 0 for w in value.values()), _POSITIVE))
+def _task_weights(value: dict[str, float]) -> dict[str, float]:
+    _check_weights(value, TASKS, "task")
     return value
 
 
 def _bucket_weights(value: dict[str, float]) -> dict[str, float]:
-    _weights(value, BUCKETS, _BUCKET_NAMES)
+    _check_weights(value, BUCKETS, "bucket")
     total = sum(value.values())
     too_big = [b for b, w in value.items() if w / total > MAX_BUCKET_SHARE + 1e-9]
     if too_big:
@@ -586,12 +595,9 @@ def _bucket_weights(value: dict[str, float]) -> dict[str, float]:
     return value
 
 
-def _task_weights(value: dict[str, float]) -> dict[str, float]:
-    return _weights(value, TASKS, _TASK_NAMES)
-
-
-TaskWeights = Annotated[_Weights, AfterValidator(_task_weights)]
-BucketWeights = Annotated[_Weights, AfterValidator(_bucket_weights)]
+_Weights = dict[str, Annotated[float, Field(ge=0)]]
+TaskWeights = Annotated[_Weights, AfterValidator(_task_weights), _weights_schema(TASKS, "task")]
+BucketWeights = Annotated[_Weights, AfterValidator(_bucket_weights), _weights_schema(BUCKETS, "bucket")]
 
 
 class WandbSpec(_Base):
@@ -651,14 +657,12 @@ class QuasarValidatorSpec(_Base):
     tasks: TaskWeights | None = Field(
         None,
         description="Tasks and their weights (`--neuron.tasks`); default: the validator's.",
-        json_schema_extra=_rules(_TASK_NAMES, _POSITIVE),
     )
     bucket_weights: BucketWeights | None = Field(
         None,
         description=(
             "Context-length buckets (32k, 124k, 512k, 1.5m, 2m) and weights (`--neuron.bucket_weights`)."
         ),
-        json_schema_extra=_rules(_BUCKET_NAMES, _POSITIVE),
     )
     sample_size: int | None = Field(
         None, ge=1, le=4096, description="Miners asked per round (`--neuron.sample_size`)."

@@ -7,7 +7,6 @@ assigned one, so the reconciler applies the Services first and the Deployment on
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from quasar_operator.builders.common import (
     BuildError,
@@ -33,8 +32,8 @@ KIND = "QuasarMiner"
 
 # TGI's Prometheus server (`--prometheus-port`, its default).
 ENGINE_METRICS_PORT = 9000
-# The request body limit given to TGI: a 2M-token prompt is about 8 MB of JSON, TGI's default 2 MB.
-# 64 MiB as `quasar engine serve` uses, leaving room for long prompts in scripts that take more bytes a token.
+# TGI's request body limit: a 2M-token prompt is about 8 MB of JSON, and TGI's default is 2 MB. 64 MiB, as
+# `quasar engine serve` uses, leaves room for scripts that take more bytes per token than English.
 PAYLOAD_LIMIT_BYTES = 64 * 1024 * 1024
 # How long TGI lets running requests finish after SIGTERM (`--graceful-termination-timeout`, its default).
 ENGINE_DRAIN_S = 90
@@ -97,9 +96,8 @@ def miner_endpoint(spec: QuasarMinerSpec, service_status: Obj | None) -> Endpoin
             raise BuildError("spec.exposure", "serviceType NodePort needs externalIP and nodePort")
         ip, port = exposure.external_ip, exposure.node_port
     else:
-        ingress: list[dict[str, Any]] = ((service_status or {}).get("loadBalancer") or {}).get(
-            "ingress"
-        ) or []
+        balancer: Obj = (service_status or {}).get("loadBalancer") or {}
+        ingress: list[Obj] = balancer.get("ingress") or []
         found = exposure.external_ip or next((i["ip"] for i in ingress if i.get("ip")), None)
         if found is None:
             return None

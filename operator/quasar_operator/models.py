@@ -41,8 +41,8 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 CATEGORY = "quasar"
 
-# TGI 3.3.5, the last 3.x release before TGI went into maintenance mode; pinned so that every replica, and
-# every reconcile after an operator upgrade, runs the same engine unless the spec says otherwise.
+# A recent TGI 3.x release, pinned (never `latest`) so that every replica, and every reconcile after an
+# operator upgrade, runs the same engine unless the spec says otherwise.
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.5"
 TGI_PORT = 80
 # The image built from this repository (images/), tagged with the package version.
@@ -78,15 +78,12 @@ def _camel(name: str) -> str:
 class _Base(BaseModel):
     """Common configuration: camelCase aliases, Python names also accepted, unknown fields rejected.
 
-    Unknown fields are errors rather than silently dropped so that a typo in a spec never means a setting that
-    quietly does nothing (the API server prunes unknown fields too, but with only a warning).
+    Unknown fields are errors rather than silently dropped so that a typo never means a setting that quietly
+    does nothing, even from a client that asked the API server to prune unknown fields instead of refusing.
     """
 
     model_config = ConfigDict(
-        alias_generator=AliasGenerator(alias=_camel),
-        validate_by_name=True,
-        validate_by_alias=True,
-        extra="forbid",
+        alias_generator=AliasGenerator(alias=_camel), validate_by_name=True, extra="forbid"
     )
 
 
@@ -364,7 +361,8 @@ class ModelSpec(_Base):
     shards: int | None = Field(
         None, ge=1, le=16, description="Tensor-parallel shards (`--num-shard`); defaults to gpusPerReplica."
     )
-    extra_args: list[Annotated[str, Field(max_length=4096)]] = Field(
+    # 1024 characters (not more) keeps the CEL rule over these args well inside the API server's cost budget.
+    extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=list,
         max_length=64,
         description="Extra engine flags, appended after the ones the operator derives from the spec.",

@@ -29,7 +29,7 @@ FULL: dict[str, Any] = {
     "sampleSize": 32,
     "timeoutSeconds": 300,
     "epochLength": 360,
-    "movingAverageAlpha": 0.05,
+    "movingAverageAlpha": 0.0512345678,
     "tokenizer": "Qwen/Qwen2.5-7B-Instruct-1M",
     "data": {"existingClaim": "longbench", "path": "longbench/data.zip"},
     "state": {"size": "5Gi", "storageClassName": "durable"},
@@ -165,7 +165,7 @@ def test_defaults_leave_the_validators_own() -> None:
         ("sample_size", 32),
         ("timeout", 300.0),
         ("epoch_length", 360),
-        ("alpha", 0.05),
+        ("alpha", 0.0512345678),  # exactly: not rounded to 6 digits
         ("tasks", "niah_single=2,qasper=1"),
         ("bucket_weights", "32k=1,124k=1,2m=0.5"),
         ("tokenizer", "Qwen/Qwen2.5-7B-Instruct-1M"),

@@ -174,6 +174,11 @@ def wallet_args(wallet: WalletSpec) -> list[str]:
     ]
 
 
+def number(value: float) -> str:
+    """A float as a flag value, exactly (`repr` round-trips, `:g` keeps 6 digits); `4` rather than `4.0`."""
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
 def subnet_args(subnet: SubnetSpec) -> list[str]:
     args = ["--netuid", str(subnet.netuid), "--subtensor.network", subnet.network]
     if subnet.chain_endpoint is not None:

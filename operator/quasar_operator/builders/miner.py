@@ -17,6 +17,7 @@ from quasar_operator.builders.common import (
     labels,
     metadata,
     neuron_env,
+    number,
     pod_security_context,
     restricted_security_context,
     secret_env,
@@ -145,7 +146,8 @@ def engine_args(spec: QuasarMinerSpec) -> list[str]:
     if model.max_total_tokens is not None:
         args += ["--max-total-tokens", str(model.max_total_tokens)]
     if model.rope_scaling is not None:
-        args += ["--rope-scaling", model.rope_scaling.type, "--rope-factor", f"{model.rope_scaling.factor:g}"]
+        rope = model.rope_scaling
+        args += ["--rope-scaling", rope.type, "--rope-factor", number(rope.factor)]
     return [
         *args,
         "--hostname",
@@ -245,7 +247,7 @@ def miner_args(spec: QuasarMinerSpec, endpoint: Endpoint) -> list[str]:
         spec.model.id,
     ]
     if neuron.min_stake is not None:
-        args += ["--blacklist.min_stake", f"{neuron.min_stake:g}"]
+        args += ["--blacklist.min_stake", number(neuron.min_stake)]
     if neuron.engine_timeout_seconds is not None:
         args += ["--engine.timeout", str(neuron.engine_timeout_seconds)]
     if neuron.debug:

@@ -14,6 +14,7 @@ from quasar_operator.builders.common import (
     labels,
     metadata,
     neuron_env,
+    number,
     pod_security_context,
     restricted_security_context,
     secret_env,
@@ -41,7 +42,7 @@ def validator_name(name: str) -> str:
 
 
 def _weights(weights: dict[str, float]) -> str:
-    return ",".join(f"{key}={value:g}" for key, value in weights.items())
+    return ",".join(f"{key}={number(value)}" for key, value in weights.items())
 
 
 def validator_args(spec: QuasarValidatorSpec) -> list[str]:
@@ -50,11 +51,11 @@ def validator_args(spec: QuasarValidatorSpec) -> list[str]:
     if spec.sample_size is not None:
         args += ["--neuron.sample_size", str(spec.sample_size)]
     if spec.timeout_seconds is not None:
-        args += ["--neuron.timeout", f"{spec.timeout_seconds:g}"]
+        args += ["--neuron.timeout", number(spec.timeout_seconds)]
     if spec.epoch_length is not None:
         args += ["--neuron.epoch_length", str(spec.epoch_length)]
     if spec.moving_average_alpha is not None:
-        args += ["--neuron.moving_average_alpha", f"{spec.moving_average_alpha:g}"]
+        args += ["--neuron.moving_average_alpha", number(spec.moving_average_alpha)]
     if spec.tasks is not None:
         args += ["--neuron.tasks", _weights(spec.tasks)]
     if spec.bucket_weights is not None:

@@ -4,6 +4,7 @@ from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
+import yaml
 from quasar_operator.builders import (
     BuildError,
     Endpoint,
@@ -16,6 +17,7 @@ from quasar_operator.builders import (
     miner_service,
 )
 from quasar_operator.builders.miner import ENGINE_DRAIN_S, PRESTOP_SLEEP_S
+from quasar_operator.crds import CRD_DIR
 from quasar_operator.models import AXON_PORT, NEURON_IMAGE, TGI_IMAGE, QuasarMinerSpec
 
 from neurons.miner import build_parser
@@ -178,6 +180,20 @@ def test_services_select_the_deployments_pods() -> None:
         assert service["spec"]["selector"] == selector
     # The scale subresource's selector (status.selector) picks the same pods.
     assert dict(term.split("=") for term in miner_selector(NAME).split(",")) == selector
+
+
+@pytest.mark.parametrize("example", ["quasarminer.yaml", "quasarminer-full.yaml"])
+def test_the_crd_examples_build_valid_objects(example: str) -> None:
+    resource = yaml.safe_load((CRD_DIR / "examples" / example).read_text())
+    s = QuasarMinerSpec.model_validate(resource["spec"])
+    endpoint = miner_endpoint(s, {"loadBalancer": {"ingress": [{"ip": "203.0.113.20"}]}})
+    assert endpoint is not None
+    name = resource["metadata"]["name"]
+    for obj in all_objects(s, name):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    (_, miner) = miner_deployment(name, NAMESPACE, UID, s, endpoint)["spec"]["template"]["spec"]["containers"]
+    args = build_parser("quasar miner").parse_args(miner["args"])
+    assert (args.external_ip, args.model_name) == (endpoint.ip, s.model.id)
 
 
 # ------------------------------------------------------------------------------------ the engine

@@ -4,8 +4,10 @@ from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
+import yaml
 from quasar_operator.builders import BuildError, validator_service, validator_statefulset
 from quasar_operator.builders.validator import STATE_FILE, STATE_MOUNT
+from quasar_operator.crds import CRD_DIR
 from quasar_operator.models import NEURON_IMAGE, QuasarValidatorSpec
 
 from neurons.validator import build_parser, config_from_args
@@ -101,6 +103,18 @@ def test_every_object_is_owned_by_the_validator_and_labelled(raw: dict[str, Any]
         ]
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "quasar-operator"
         assert meta["labels"]["quasar.ai/validator"] == NAME
+
+
+@pytest.mark.parametrize("example", ["quasarvalidator.yaml", "quasarvalidator-full.yaml"])
+def test_the_crd_examples_build_valid_objects(example: str) -> None:
+    resource = yaml.safe_load((CRD_DIR / "examples" / example).read_text())
+    s = QuasarValidatorSpec.model_validate(resource["spec"])
+    name = resource["metadata"]["name"]
+    sts = validator_statefulset(name, NAMESPACE, UID, s)
+    for obj in (sts, validator_service(name, NAMESPACE, UID, s)):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    config_from_args(build_parser("quasar validator").parse_args(c["args"]))
 
 
 def test_statefulset_of_one_with_a_state_claim() -> None:

@@ -13,6 +13,10 @@ BUCKETS: dict[str, int] = {
     "2m": 2 * M,
 }
 
+# No bucket may take more than this share of a validator's rounds: one that asks mostly short contexts
+# rewards models that cannot read long ones (the original subnet put 90% of its tasks in one bucket).
+MAX_BUCKET_SHARE = 0.9
+
 
 def bucket_tokens(name: str) -> int:
     """Token budget of a bucket, with an error naming the valid buckets."""

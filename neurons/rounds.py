@@ -8,14 +8,11 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from evaluation.buckets import bucket_tokens
+from evaluation.buckets import MAX_BUCKET_SHARE, bucket_tokens
 from evaluation.errors import InputError
 from evaluation.rewards import RewardRule, forget, normalize_weights, update_scores
 from evaluation.tasks import get_task
 
-# No bucket may take more than this share of rounds: a validator that asks only short contexts would reward
-# models that cannot read long ones (issue 3: "not 90% in one bucket").
-MAX_BUCKET_SHARE = 0.9
 DEFAULT_BUCKET_WEIGHTS = "32k=1,124k=1,512k=1,1.5m=1,2m=1"
 
 # Deadline = base + allowance per 1,000 prompt tokens, capped by --neuron.timeout. The allowance covers

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 
+from evaluation.buckets import MAX_BUCKET_SHARE
 from evaluation.contexts import Records, build_item
 from evaluation.errors import InputError
 from evaluation.files import write_json_atomic
@@ -502,7 +503,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     neuron.add_argument(
         "--neuron.bucket_weights",
         dest="bucket_weights",
-        help=f"buckets and weights, BUCKET=WEIGHT,...; no bucket above {rounds.MAX_BUCKET_SHARE:.0%}% "
+        # The "%" after the share escapes the one it prints: argparse formats help with %.
+        help=f"buckets and weights, BUCKET=WEIGHT,...; no bucket above {MAX_BUCKET_SHARE:.0%}% "
         f"(default: {rounds.DEFAULT_BUCKET_WEIGHTS}; mock: 32k=1)",
     )
     neuron.add_argument(
@@ -592,9 +594,7 @@ def config_from_args(args: argparse.Namespace) -> ValidatorConfig:
     if not (math.isfinite(base) and base > 0):
         raise InputError("--neuron.deadline_base", "must be positive")
     if args.bucket_weights is not None:
-        buckets = rounds.parse_bucket_weights(
-            args.bucket_weights, 1.0 if args.mock else rounds.MAX_BUCKET_SHARE
-        )
+        buckets = rounds.parse_bucket_weights(args.bucket_weights, 1.0 if args.mock else MAX_BUCKET_SHARE)
     else:
         # The tiny model answers 32k prompts in seconds on a CPU, 124k in about a minute: mock asks 32k.
         buckets = (

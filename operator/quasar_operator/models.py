@@ -32,9 +32,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from evaluation.buckets import BUCKETS
+from evaluation.buckets import BUCKETS, MAX_BUCKET_SHARE
 from evaluation.tasks import TASKS
-from neurons.rounds import MAX_BUCKET_SHARE
 
 GROUP = "quasar.ai"
 VERSION = "v1alpha1"

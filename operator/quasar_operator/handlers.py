@@ -1,0 +1,186 @@
+"""kopf's handlers: when to reconcile, and what to do with the pipeline's result.
+
+Every path (create, update, resume after a restart, and a timer for drift) runs the same idempotent
+pipeline (`reconcile.py`), so a missed event or a child edited by hand converges on the next run. The
+operator writes the resource's status, never its spec: `spec.replicas` belongs to whoever scales the
+resource (a person, an HPA or KEDA through the scale subresource).
+"""
+
+import datetime
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import kopf
+from prometheus_client import Counter, Histogram
+
+from quasar_operator.apply import ApiError, KubeApi, differs
+from quasar_operator.models import GROUP, VERSION
+from quasar_operator.reconcile import (
+    Resource,
+    Result,
+    children,
+    owned_by,
+    reconcile_miner,
+    reconcile_validator,
+)
+from quasar_operator.settings import Settings
+
+RECONCILES = Counter(
+    "quasar_operator_reconciles_total", "Reconciles run, by kind and outcome.", ["kind", "outcome"]
+)
+ERRORS = Counter(
+    "quasar_operator_reconcile_errors_total",
+    "Reconciles that failed, by kind and reason.",
+    ["kind", "reason"],
+)
+DURATION = Histogram("quasar_operator_reconcile_seconds", "Time a reconcile took.", ["kind"])
+
+Pipeline = Callable[[KubeApi, Resource, str], Awaitable[Result]]
+KINDS: dict[str, tuple[str, Pipeline]] = {
+    "QuasarMiner": ("quasarminers", reconcile_miner),
+    "QuasarValidator": ("quasarvalidators", reconcile_validator),
+}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Client:
+    """The operator's own API client, opened on first use with the credentials kopf logged in with."""
+
+    def __init__(self, settings: Settings, connection: kopf.ConnectionInfo | None) -> None:
+        self.settings = settings
+        self.connection = connection
+        self._api: KubeApi | None = None
+
+    def login(self, kopf_settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+        if self.connection is None:
+            # In a pod the service account; on a workstation the kubeconfig.
+            self.connection = kopf.login_with_service_account(
+                settings=kopf_settings
+            ) or kopf.login_with_kubeconfig(settings=kopf_settings)
+        if self.connection is None:
+            raise kopf.LoginError("neither a service account nor a kubeconfig was found")
+        return self.connection
+
+    @property
+    def api(self) -> KubeApi:
+        if self._api is None:
+            if self.connection is None:
+                raise RuntimeError("the operator reconciled before logging in")
+            self._api = KubeApi.connect(self.connection, timeout=self.settings.request_timeout)
+        return self._api
+
+    async def close(self) -> None:
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
+
+
+def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
+    """The kopf settings the operator needs whatever runs it (the CLI or the tests)."""
+    kopf_settings.persistence.finalizer = settings.finalizer
+    # The CRDs' status schemas have no free-form field for kopf's own bookkeeping: it goes to annotations.
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=settings.annotation_prefix
+    )
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=settings.annotation_prefix, key="last-handled-configuration"
+    )
+    kopf_settings.watching.server_timeout = settings.watch_server_timeout
+    kopf_settings.watching.client_timeout = settings.watch_client_timeout
+    kopf_settings.posting.reporting_component = settings.field_manager
+
+
+async def _run(
+    kind: str, body: kopf.Body, patch: kopf.Patch, client: Client, logger: kopf.Logger, *, raise_: bool
+) -> None:
+    pipeline = KINDS[kind][1]
+    resource = Resource.from_body(body)
+    started = time.monotonic()
+    result = await pipeline(client.api, resource, _now())
+    DURATION.labels(kind).observe(time.monotonic() - started)
+    # An unchanged status is not written: every write wakes every watcher, and kopf's own patches test
+    # the resourceVersion, which a needless write would keep moving.
+    if differs(result.status, body.get("status") or {}):
+        patch["status"] = result.status
+    failure = result.failure
+    if failure is None:
+        RECONCILES.labels(kind, "success").inc()
+        return
+    RECONCILES.labels(kind, "failure").inc()
+    ERRORS.labels(kind, failure.reason).inc()
+    already = any(
+        c.get("type") == "Degraded" and c.get("status") == "True" and c.get("message") == failure.message
+        for c in resource.conditions
+    )
+    # One Event (and log line) per new problem, not one per timer tick.
+    if not already:
+        kopf.warn(body, reason=failure.reason, message=failure.message)
+        logger.warning("%s: %s", failure.reason, failure.message)
+    if not raise_:
+        return
+    if result.retry:
+        raise kopf.TemporaryError(failure.message, delay=client.settings.retry_delay)
+    raise kopf.PermanentError(failure.message)
+
+
+async def _cleanup(kind: str, body: kopf.Body, client: Client, logger: kopf.Logger) -> None:
+    # Kubernetes' garbage collector would delete the owned objects too; deleting them here makes deletion
+    # not depend on it (and waits for them before the finalizer goes).
+    meta = body["metadata"]
+    for path in children(kind, meta["name"], meta["namespace"]):
+        try:
+            live = await client.api.get(path)
+            if live is not None and owned_by(live, meta["uid"]):
+                await client.api.delete(path)
+                logger.info("deleted %s", path)
+        except ApiError as exc:
+            raise kopf.TemporaryError(f"cleanup of {path}: {exc}", delay=client.settings.retry_delay) from exc
+
+
+def build_registry(
+    settings: Settings, connection: kopf.ConnectionInfo | None = None
+) -> kopf.OperatorRegistry:
+    """Every handler, registered on a registry of its own (the settings shape the timer and retries).
+
+    `connection`: a fixed API server (the tests' emulator); None logs in as kubectl or a pod would.
+    """
+    registry = kopf.OperatorRegistry()
+    client = Client(settings, connection)
+
+    @kopf.on.login(registry=registry)
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        return client.login(settings)
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(**_: Any) -> None:
+        await client.close()
+
+    for kind, (plural, _pipeline) in KINDS.items():
+        _register(registry, settings, client, kind, plural)
+    return registry
+
+
+def _register(
+    registry: kopf.OperatorRegistry, settings: Settings, client: Client, kind: str, plural: str
+) -> None:
+    resource = (GROUP, VERSION, plural)
+
+    async def reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        await _run(kind, body, patch, client, logger, raise_=True)
+
+    async def repair(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        # The timer's next tick is its retry: it never raises, so kopf does not add its own backoff.
+        await _run(kind, body, patch, client, logger, raise_=False)
+
+    async def delete(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+        await _cleanup(kind, body, client, logger)
+
+    kopf.on.create(*resource, registry=registry, id="reconcile")(reconcile)
+    kopf.on.update(*resource, registry=registry, id="reconcile")(reconcile)
+    kopf.on.resume(*resource, registry=registry, id="reconcile")(reconcile)
+    kopf.timer(*resource, registry=registry, id="drift", interval=settings.drift_interval)(repair)
+    kopf.on.delete(*resource, registry=registry, id="cleanup")(delete)

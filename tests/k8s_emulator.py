@@ -1,0 +1,145 @@
+"""Every adaptation the operator's integration tests make to `kmock.KubernetesEmulator`, in one place.
+
+kmock emulates an API server in memory over HTTP; kopf runs against it with these adaptations:
+
+1. kopf runs cluster-wide (`Settings(namespaces=None)`): listing namespaces fails in kmock 0.8.
+2. Objects get `metadata.uid`, `resourceVersion`, `generation` and `creationTimestamp`, which kmock
+   never sets: kopf compares resource versions after its patches, and the status reports the generation.
+3. A JSON patch whose `test` operation fails answers 422, as a real API server does, not 500.
+
+What kmock does not emulate, the tests must not lean on: there is no /status subresource (a status patch
+is a plain merge), no garbage collection (the operator's own cleanup deletes children; the tests check
+owner references explicitly), no PUT, and label selectors and watch resource versions are ignored.
+"""
+
+import asyncio
+import contextlib
+import datetime
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import aiohttp.web
+import jsonpatch
+import kmock
+import kopf
+from quasar_operator.apply import KubeApi
+from quasar_operator.cli import run
+from quasar_operator.settings import Settings
+
+Obj = dict[str, Any]
+T = TypeVar("T")
+
+# The resources the operator watches, reads and writes, as the API server's discovery lists them.
+RESOURCES = {
+    # kopf waits for namespaces to be discoverable even when it runs cluster-wide and never lists them.
+    "v1/namespaces": ("Namespace", "namespace"),
+    "quasar.ai/v1alpha1/quasarminers": ("QuasarMiner", "quasarminer"),
+    "quasar.ai/v1alpha1/quasarvalidators": ("QuasarValidator", "quasarvalidator"),
+    "apps/v1/deployments": ("Deployment", "deployment"),
+    "apps/v1/statefulsets": ("StatefulSet", "statefulset"),
+    "v1/services": ("Service", "service"),
+    "v1/persistentvolumeclaims": ("PersistentVolumeClaim", "persistentvolumeclaim"),
+    "v1/secrets": ("Secret", "secret"),
+    "v1/events": ("Event", "event"),
+}
+VERBS = ["list", "watch", "get", "create", "patch", "delete"]
+
+# Fast enough for a test, slow enough that every timer tick is not a reconcile storm.
+TEST_SETTINGS = Settings(
+    namespaces=None, drift_interval=1.0, retry_delay=0.5, watch_server_timeout=10, watch_client_timeout=15
+)
+
+
+class Emulator(kmock.KubernetesEmulator):
+    """Adaptation 2: the metadata a real API server sets on every write."""
+
+    _versions = itertools.count(1)
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        data = request.data
+        if request.resource is not None and isinstance(data, list):
+            # A JSON patch (kopf's finalizers and progress annotations) moves the version too.
+            data.append(
+                {"op": "add", "path": "/metadata/resourceVersion", "value": str(next(self._versions))}
+            )
+        elif request.resource is not None and isinstance(data, dict):
+            meta = data.setdefault("metadata", {})
+            if request.action == kmock.action.CREATE:
+                meta.setdefault("uid", str(uuid.uuid4()))
+                meta.setdefault("creationTimestamp", datetime.datetime.now(datetime.UTC).isoformat())
+                meta["generation"] = 1
+                meta["resourceVersion"] = str(next(self._versions))
+            elif request.action == kmock.action.UPDATE:
+                meta["resourceVersion"] = str(next(self._versions))
+                key = (request.resource, request.namespace, request.name or "")
+                if "spec" in data and key in self.objects and not self.objects[key].deleted:
+                    live = self.objects[key]
+                    # A real API server bumps the generation on spec changes only.
+                    meta["generation"] = int(live.get("metadata", {}).get("generation", 0)) + 1
+        try:
+            response: aiohttp.web.StreamResponse = await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed as exc:
+            # Adaptation 3: a JSON patch whose `test` fails is a 422 (kopf then re-reads and retries the
+            # patch on its next cycle); kmock answers 500, which kopf retries as is, forever stale.
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
+        return response
+
+
+@contextlib.asynccontextmanager
+async def emulator() -> AsyncIterator[Emulator]:
+    async with Emulator() as server, kmock.Server(server):
+        for key, (kind, singular) in RESOURCES.items():
+            server.resources[key] = kmock.ResourceInfo(
+                kind=kind, singular=singular, namespaced=kind != "Namespace", verbs=VERBS
+            )
+        yield server
+
+
+def url(server: Emulator) -> str:
+    return str(server.url).rstrip("/")
+
+
+@contextlib.asynccontextmanager
+async def operator(server: Emulator, settings: Settings = TEST_SETTINGS) -> AsyncIterator[None]:
+    """The real operator (`quasar operator run`'s code path) against the emulator, until the block ends."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        run(
+            replace(settings, namespaces=None),  # adaptation 1
+            connection=kopf.ConnectionInfo(server=url(server)),
+            stop_flag=stop,
+            ready_flag=ready,
+            liveness=False,
+        )
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+@contextlib.asynccontextmanager
+async def client(server: Emulator) -> AsyncIterator[KubeApi]:
+    api = KubeApi.connect(kopf.ConnectionInfo(server=url(server)), timeout=10)
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout: float = 10, what: str = "") -> T:
+    """Poll until `probe` returns something truthy: the operator works asynchronously."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or probe}")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,277 @@
+"""The real operator (kopf, `quasar operator run`'s code path) over HTTP against kmock's API server emulator.
+
+What the emulator ignores is never what a test passes on: owner references are checked field by field,
+objects are fetched by name (label selectors are not filtered), and children disappear because the
+operator deletes them, not through a garbage collector the emulator does not have.
+"""
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from quasar_operator.apply import KubeApi, object_path
+
+from tests.k8s_emulator import Emulator, client, emulator, eventually, operator
+
+Obj = dict[str, Any]
+NS = "miners"
+CRS = f"/apis/quasar.ai/v1alpha1/namespaces/{NS}"
+DEPLOYMENT = object_path("Deployment", NS, "m1-miner")
+MINER_CHILDREN = [
+    DEPLOYMENT,
+    object_path("Service", NS, "m1-miner"),
+    object_path("Service", NS, "m1-miner-metrics"),
+    object_path("PersistentVolumeClaim", NS, "m1-miner-cache"),
+]
+
+pytestmark = pytest.mark.asyncio
+
+
+def miner(name: str, wallet: str = "wallet", **spec: Any) -> Obj:
+    body: Obj = {
+        "apiVersion": "quasar.ai/v1alpha1",
+        "kind": "QuasarMiner",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "model": {"id": "Qwen/Qwen2.5-7B-Instruct-1M"},
+            "wallet": {"secretName": wallet},
+            "subnet": {"netuid": 7},
+            # A fixed address: the emulator runs no cloud controller to give a LoadBalancer one.
+            "exposure": {"externalIP": "203.0.113.7"},
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def secret(name: str = "wallet") -> Obj:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS}, "data": {}}
+
+
+def conditions(body: Obj) -> dict[str, Obj]:
+    return {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
+
+
+def owners(obj: Obj) -> list[tuple[str, str, str, bool]]:
+    return [
+        (ref["apiVersion"], ref["kind"], ref["uid"], ref.get("controller", False))
+        for ref in obj["metadata"].get("ownerReferences", [])
+    ]
+
+
+@pytest_asyncio.fixture
+async def cluster() -> AsyncIterator[tuple[Emulator, KubeApi]]:
+    async with emulator() as server, client(server) as api:
+        yield server, api
+
+
+async def wait_for(api: KubeApi, path: str, check: Callable[[Obj], bool], what: str) -> Obj:
+    async def probe() -> Obj | None:
+        body = await api.get(path)
+        return body if body is not None and check(body) else None
+
+    return await eventually(probe, what=what)
+
+
+async def gone(api: KubeApi, path: str) -> bool:
+    return await api.get(path) is None
+
+
+async def events(api: KubeApi, name: str) -> list[Obj]:
+    listed = await api.get(f"/api/v1/namespaces/{NS}/events")
+    items: list[Obj] = (listed or {}).get("items", [])
+    return [e for e in items if e.get("involvedObject", {}).get("name") == name]
+
+
+async def test_miner_lifecycle(cluster: tuple[Emulator, KubeApi]) -> None:
+    server, api = cluster
+    async with operator(server):
+        await api.create(object_path("Secret", NS), secret())
+        created = await api.create(f"{CRS}/quasarminers", miner("m1"))
+        uid = created["metadata"]["uid"]
+
+        # Create: every child, owned by the resource as its controller; the status says what is on its way.
+        body = await wait_for(
+            api,
+            f"{CRS}/quasarminers/m1",
+            lambda b: conditions(b).get("Reconciled", {}).get("status") == "True",
+            "Reconciled",
+        )
+        for path in MINER_CHILDREN:
+            child = await api.get(path)
+            assert child is not None, path
+            assert owners(child) == [("quasar.ai/v1alpha1", "QuasarMiner", uid, True)], path
+        state = conditions(body)
+        assert state["Reconciled"]["status"] == "True"
+        assert (state["Ready"]["status"], state["Ready"]["reason"]) == ("False", "ReplicasNotReady")
+        assert (state["Progressing"]["status"], state["Progressing"]["reason"]) == ("True", "RollingOut")
+        assert state["Degraded"]["status"] == "False"
+        assert body["status"]["observedGeneration"] == 1
+        assert body["status"]["endpoint"] == "203.0.113.7:8091"
+        assert body["status"]["selector"].startswith("app.kubernetes.io/name=quasar-miner,")
+
+        # The pods become ready (the emulator runs no Deployment controller: the test plays it); the
+        # timer, not an event on the resource, notices.
+        ready = {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}
+        await api.merge_patch(DEPLOYMENT, {"status": ready})
+        body = await wait_for(
+            api,
+            f"{CRS}/quasarminers/m1",
+            lambda b: conditions(b)["Ready"]["status"] == "True",
+            "Ready",
+        )
+        assert conditions(body)["Progressing"]["reason"] == "RolloutComplete"
+        assert body["status"]["readyReplicas"] == 1
+
+        # Update: a new model reaches the engine's flags and the miner's.
+        model = {"id": "Qwen/Qwen2.5-14B-Instruct-1M"}
+        await api.merge_patch(f"{CRS}/quasarminers/m1", {"spec": {"model": model}})
+        deployment = await wait_for(
+            api,
+            DEPLOYMENT,
+            lambda d: (
+                "Qwen/Qwen2.5-14B-Instruct-1M" in d["spec"]["template"]["spec"]["containers"][0]["args"]
+            ),
+            "the new model in the Deployment",
+        )
+        assert (
+            "Qwen/Qwen2.5-14B-Instruct-1M" in deployment["spec"]["template"]["spec"]["containers"][1]["args"]
+        )
+        await wait_for(
+            api, f"{CRS}/quasarminers/m1", lambda b: b["status"]["observedGeneration"] == 2, "generation 2"
+        )
+
+        # Drift: an edited Deployment is put back, a deleted one re-created, both by the timer.
+        await api.merge_patch(DEPLOYMENT, {"spec": {"replicas": 5}})
+        await wait_for(api, DEPLOYMENT, lambda d: d["spec"]["replicas"] == 1, "replicas repaired")
+        before = (await api.get(DEPLOYMENT) or {})["metadata"]["uid"]
+        assert await api.delete(DEPLOYMENT)
+        repaired = await wait_for(api, DEPLOYMENT, lambda d: d["metadata"]["uid"] != before, "re-created")
+        assert owners(repaired) == [("quasar.ai/v1alpha1", "QuasarMiner", uid, True)]
+
+        # Delete: the operator removes the children itself, then its finalizer.
+        assert await api.delete(f"{CRS}/quasarminers/m1")
+        await eventually(lambda: gone(api, f"{CRS}/quasarminers/m1"), what="the resource deleted")
+        for path in MINER_CHILDREN:
+            assert await gone(api, path), path
+
+
+async def test_bad_spec_degrades_only_that_resource(cluster: tuple[Emulator, KubeApi]) -> None:
+    server, api = cluster
+    async with operator(server):
+        await api.create(object_path("Secret", NS), secret())
+        # The emulator runs no CRD validation: the operator's own parse is what catches this.
+        await api.create(f"{CRS}/quasarminers", miner("bad", subnet={"netuid": -1}))
+        await api.create(f"{CRS}/quasarminers", miner("m1"))
+
+        body = await wait_for(
+            api,
+            f"{CRS}/quasarminers/bad",
+            lambda b: conditions(b).get("Degraded", {}).get("status") == "True",
+            "Degraded",
+        )
+        degraded = conditions(body)["Degraded"]
+        assert degraded["reason"] == "InvalidSpec"
+        assert degraded["message"].startswith("spec.subnet.netuid: ")
+        assert conditions(body)["Reconciled"]["status"] == "False"
+        warned = await eventually(lambda: events(api, "bad"), what="an Event")
+        assert [(e["type"], e["reason"]) for e in warned] == [("Warning", "InvalidSpec")]
+        assert "spec.subnet.netuid" in warned[0]["message"]
+        assert await gone(api, object_path("Service", NS, "bad-miner"))
+
+        # The other resource is served all the same.
+        await wait_for(api, DEPLOYMENT, lambda d: True, "the healthy miner's Deployment")
+
+        # Fixing the spec clears the condition.
+        await api.merge_patch(f"{CRS}/quasarminers/bad", {"spec": {"subnet": {"netuid": 7}}})
+        body = await wait_for(
+            api,
+            f"{CRS}/quasarminers/bad",
+            lambda b: conditions(b)["Degraded"]["status"] == "False",
+            "Degraded cleared",
+        )
+        assert conditions(body)["Reconciled"]["status"] == "True"
+        assert await api.get(object_path("Deployment", NS, "bad-miner")) is not None
+
+
+async def test_missing_secret_then_created(cluster: tuple[Emulator, KubeApi]) -> None:
+    server, api = cluster
+    async with operator(server):
+        await api.create(f"{CRS}/quasarminers", miner("m1", wallet="later"))
+        body = await wait_for(
+            api,
+            f"{CRS}/quasarminers/m1",
+            lambda b: conditions(b).get("Degraded", {}).get("reason") == "SecretMissing",
+            "SecretMissing",
+        )
+        assert "Secret miners/later does not exist" in conditions(body)["Degraded"]["message"]
+        warned = await eventually(lambda: events(api, "m1"), what="an Event")
+        assert [e["reason"] for e in warned] == ["SecretMissing"]
+        assert await gone(api, DEPLOYMENT)
+
+        await api.create(object_path("Secret", NS), secret("later"))
+        body = await wait_for(
+            api,
+            f"{CRS}/quasarminers/m1",
+            lambda b: conditions(b)["Reconciled"]["status"] == "True",
+            "reconciled on retry",
+        )
+        assert conditions(body)["Degraded"]["status"] == "False"
+        assert await api.get(DEPLOYMENT) is not None
+
+
+async def test_restart_converges_without_duplicates(cluster: tuple[Emulator, KubeApi]) -> None:
+    server, api = cluster
+    await api.create(object_path("Secret", NS), secret())
+    async with operator(server):
+        await api.create(f"{CRS}/quasarminers", miner("m1"))
+        await wait_for(api, DEPLOYMENT, lambda d: True, "the Deployment")
+
+    # Changed while no operator runs: the next one picks it up (kopf's diff base is in an annotation).
+    await api.merge_patch(f"{CRS}/quasarminers/m1", {"spec": {"replicas": 2}})
+    async with operator(server):
+        await wait_for(api, DEPLOYMENT, lambda d: d["spec"]["replicas"] == 2, "the change applied")
+        body = await wait_for(
+            api, f"{CRS}/quasarminers/m1", lambda b: b["status"]["observedGeneration"] == 2, "generation 2"
+        )
+        assert conditions(body)["Reconciled"]["status"] == "True"
+
+    # Listed without a selector (the emulator ignores them anyway): exactly one object of each name.
+    for kind in ("Deployment", "Service", "PersistentVolumeClaim"):
+        listed = await api.get(object_path(kind, NS))
+        names = [item["metadata"]["name"] for item in (listed or {}).get("items", [])]
+        assert len(names) == len(set(names)), kind
+    deployments = await api.get(object_path("Deployment", NS))
+    assert [d["metadata"]["name"] for d in (deployments or {})["items"]] == ["m1-miner"]
+
+
+async def test_validator_lifecycle(cluster: tuple[Emulator, KubeApi]) -> None:
+    server, api = cluster
+    statefulset = object_path("StatefulSet", NS, "v1-validator")
+    service = object_path("Service", NS, "v1-validator")
+    async with operator(server):
+        await api.create(object_path("Secret", NS), secret())
+        body = {
+            "apiVersion": "quasar.ai/v1alpha1",
+            "kind": "QuasarValidator",
+            "metadata": {"name": "v1", "namespace": NS},
+            "spec": {"wallet": {"secretName": "wallet"}, "subnet": {"netuid": 7}},
+        }
+        uid = (await api.create(f"{CRS}/quasarvalidators", body))["metadata"]["uid"]
+        status = await wait_for(
+            api,
+            f"{CRS}/quasarvalidators/v1",
+            lambda b: conditions(b).get("Reconciled", {}).get("status") == "True",
+            "Reconciled",
+        )
+        assert conditions(status)["Ready"]["message"] == "0/1 replicas ready"
+        for path in (statefulset, service):
+            child = await api.get(path)
+            assert child is not None
+            assert owners(child) == [("quasar.ai/v1alpha1", "QuasarValidator", uid, True)]
+
+        assert await api.delete(f"{CRS}/quasarvalidators/v1")
+        await eventually(lambda: gone(api, f"{CRS}/quasarvalidators/v1"), what="deleted")
+        assert await gone(api, statefulset)
+        assert await gone(api, service)

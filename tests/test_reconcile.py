@@ -1,0 +1,261 @@
+"""The reconcile pipeline and the status it computes, without kopf or an API server (a dict stands in)."""
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+from quasar_operator.apply import ApiError, differs, object_path
+from quasar_operator.reconcile import (
+    Resource,
+    Result,
+    children,
+    owned_by,
+    reconcile_miner,
+    reconcile_validator,
+)
+from quasar_operator.settings import Settings
+from quasar_operator.status import Failure, Workload, compute
+
+Obj = dict[str, Any]
+T = TypeVar("T")
+NOW = "2026-01-01T00:00:00Z"
+LATER = "2026-01-01T00:05:00Z"
+
+
+class FakeApi:
+    """Objects by path; `apply` records the order, `fail` makes applying one kind raise."""
+
+    def __init__(self, objects: dict[str, Obj] | None = None, fail: str = "") -> None:
+        self.objects = dict(objects or {})
+        self.applied: list[str] = []
+        self.fail = fail
+
+    async def get(self, path: str) -> Obj | None:
+        return self.objects.get(path)
+
+    async def apply(self, desired: Obj) -> Obj:
+        if desired["kind"] == self.fail:
+            raise ApiError(500, "etcd is on fire")
+        meta = desired["metadata"]
+        path = object_path(desired["kind"], meta["namespace"], meta["name"])
+        self.applied.append(path)
+        live = {**self.objects.get(path, {}), **desired}
+        self.objects[path] = live
+        return live
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+WALLET = object_path("Secret", "ns", "wallet")
+
+
+def with_wallet(**objects: Obj) -> FakeApi:
+    return FakeApi({WALLET: {"kind": "Secret"}, **objects})
+
+
+def miner(spec: Obj | None = None, name: str = "m1", conditions: list[Obj] | None = None) -> Resource:
+    base: Obj = {
+        "model": {"id": "org/model"},
+        "wallet": {"secretName": "wallet"},
+        "subnet": {"netuid": 7},
+        "exposure": {"externalIP": "203.0.113.7"},
+    }
+    return Resource(name, "ns", "uid-1", 3, {**base, **(spec or {})}, conditions or [])
+
+
+def by_type(result: Result) -> dict[str, Obj]:
+    return {c["type"]: c for c in result.status["conditions"]}
+
+
+def test_miner_applies_every_object_service_before_deployment() -> None:
+    api = with_wallet()
+    result = run(reconcile_miner(api, miner(), NOW))
+    assert result.failure is None
+    assert api.applied == [
+        object_path("PersistentVolumeClaim", "ns", "m1-miner-cache"),
+        object_path("Service", "ns", "m1-miner-metrics"),
+        object_path("Service", "ns", "m1-miner"),
+        object_path("Deployment", "ns", "m1-miner"),
+    ]
+    status = result.status
+    assert status["observedGeneration"] == 3
+    assert status["endpoint"] == "203.0.113.7:8091"
+    assert status["selector"] == (
+        "app.kubernetes.io/name=quasar-miner,app.kubernetes.io/instance=m1,quasar.ai/miner=m1"
+    )
+    assert (status["replicas"], status["readyReplicas"]) == (0, 0)
+    conditions = by_type(result)
+    assert [c["type"] for c in status["conditions"]] == ["Ready", "Progressing", "Degraded", "Reconciled"]
+    assert {t: (c["status"], c["reason"]) for t, c in conditions.items()} == {
+        "Ready": ("False", "ReplicasNotReady"),
+        "Progressing": ("True", "RollingOut"),
+        "Degraded": ("False", "AsExpected"),
+        "Reconciled": ("True", "Applied"),
+    }
+    assert all(c["observedGeneration"] == 3 and c["lastTransitionTime"] == NOW for c in conditions.values())
+
+
+def test_miner_ready_when_the_deployment_reports_ready_pods() -> None:
+    deployment = object_path("Deployment", "ns", "m1-miner")
+    ready = {"status": {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2}}
+    result = run(reconcile_miner(with_wallet(**{deployment: ready}), miner({"replicas": 2}), NOW))
+    conditions = by_type(result)
+    assert (conditions["Ready"]["status"], conditions["Ready"]["message"]) == ("True", "2/2 replicas ready")
+    assert conditions["Progressing"]["reason"] == "RolloutComplete"
+
+
+def test_invalid_spec_names_the_field_and_applies_nothing() -> None:
+    api = with_wallet()
+    result = run(reconcile_miner(api, miner({"subnet": {"netuid": -1}}), NOW))
+    assert result.failure is not None
+    assert result.failure.reason == "InvalidSpec"
+    assert result.failure.message.startswith("spec.subnet.netuid: ")
+    assert not result.retry  # only a new generation can fix it
+    assert api.applied == []
+    conditions = by_type(result)
+    assert (conditions["Degraded"]["status"], conditions["Reconciled"]["status"]) == ("True", "False")
+    assert conditions["Degraded"]["message"] == result.failure.message
+
+
+def test_every_invalid_field_is_reported() -> None:
+    result = run(reconcile_miner(with_wallet(), miner({"subnet": {"netuid": -1}, "replicas": -2}), NOW))
+    assert result.failure is not None
+    assert "spec.subnet.netuid: " in result.failure.message
+    assert "; spec.replicas: " in result.failure.message
+
+
+def test_a_name_too_long_for_the_objects_is_invalid() -> None:
+    result = run(reconcile_miner(with_wallet(), miner(name="m" * 50), NOW))
+    assert result.failure is not None
+    assert result.failure.message.startswith("metadata.name: ")
+
+
+def test_missing_wallet_secret_is_retried_and_applies_nothing() -> None:
+    api = FakeApi()
+    result = run(reconcile_miner(api, miner(), NOW))
+    assert result.failure == Failure(
+        "SecretMissing", "spec.wallet.secretName: Secret ns/wallet does not exist"
+    )
+    assert result.retry
+    assert api.applied == []
+
+
+def test_a_deployment_that_cannot_be_built_degrades_after_the_services() -> None:
+    api = with_wallet()
+    result = run(reconcile_miner(api, miner({"engine": {"port": 8091}}), NOW))
+    assert result.failure is not None
+    assert result.failure.message.startswith("spec.engine.port: ")
+    assert object_path("Deployment", "ns", "m1-miner") not in api.applied
+
+
+def test_load_balancer_without_an_address_waits_for_it() -> None:
+    spec: Obj = {"exposure": {}}
+    api = with_wallet()
+    result = run(reconcile_miner(api, miner(spec), NOW))
+    assert result.failure is None
+    assert result.status["endpoint"] is None
+    assert object_path("Deployment", "ns", "m1-miner") not in api.applied
+    assert by_type(result)["Progressing"]["reason"] == "AddressPending"
+    assert by_type(result)["Reconciled"]["status"] == "True"
+
+    # The cloud assigns the address: the next reconcile announces it.
+    service = api.objects[object_path("Service", "ns", "m1-miner")]
+    service["status"] = {"loadBalancer": {"ingress": [{"ip": "198.51.100.4"}]}}
+    result = run(reconcile_miner(api, miner(spec), NOW))
+    assert result.status["endpoint"] == "198.51.100.4:8091"
+    assert object_path("Deployment", "ns", "m1-miner") in api.applied
+
+
+def test_api_errors_are_retried() -> None:
+    failing = run(reconcile_miner(FakeApi({WALLET: {}}, fail="Deployment"), miner(), NOW))
+    assert failing.failure is not None
+    assert (failing.failure.reason, failing.retry) == ("ApiError", True)
+    assert "etcd is on fire" in failing.failure.message
+
+
+def test_an_existing_claim_is_neither_created_nor_cleaned_up() -> None:
+    api = with_wallet()
+    run(reconcile_miner(api, miner({"cache": {"existingClaim": "models"}}), NOW))
+    assert not any("persistentvolumeclaims" in path for path in api.applied)
+    assert object_path("PersistentVolumeClaim", "ns", "models") not in children("QuasarMiner", "m1", "ns")
+
+
+def test_validator_applies_service_then_statefulset() -> None:
+    api = with_wallet()
+    resource = Resource(
+        "v1", "ns", "uid-2", 1, {"wallet": {"secretName": "wallet"}, "subnet": {"netuid": 7}}, []
+    )
+    result = run(reconcile_validator(api, resource, NOW))
+    assert result.failure is None
+    assert api.applied == [
+        object_path("Service", "ns", "v1-validator"),
+        object_path("StatefulSet", "ns", "v1-validator"),
+    ]
+    assert by_type(result)["Ready"]["message"] == "0/1 replicas ready"
+    assert "endpoint" not in result.status
+
+
+def test_validator_invalid_spec() -> None:
+    resource = Resource("v1", "ns", "uid-2", 1, {"wallet": {"secretName": "wallet"}}, [])
+    result = run(reconcile_validator(with_wallet(), resource, NOW))
+    assert result.failure is not None
+    assert result.failure.message.startswith("spec.subnet: ")
+
+
+def test_transition_time_kept_while_a_condition_holds() -> None:
+    first = compute(generation=1, previous=[], now=NOW, workload=Workload(1, 1, 0, 1))
+    same = compute(generation=2, previous=first["conditions"], now=LATER, workload=Workload(1, 1, 0, 1))
+    flipped = compute(generation=2, previous=same["conditions"], now=LATER, workload=Workload(1, 1, 1, 1))
+    ready = {c["type"]: c for c in same["conditions"]}["Ready"]
+    assert (ready["lastTransitionTime"], ready["observedGeneration"]) == (NOW, 2)
+    ready = {c["type"]: c for c in flipped["conditions"]}["Ready"]
+    assert (ready["status"], ready["lastTransitionTime"]) == ("True", LATER)
+
+
+@pytest.mark.parametrize(
+    ("workload", "rolled_out"),
+    [
+        (Workload(desired=2, replicas=2, ready=2, updated=2), True),
+        (Workload(desired=2, replicas=3, ready=2, updated=2), False),  # an old pod still runs
+        (Workload(desired=2, replicas=2, ready=2, updated=1), False),
+        (Workload(desired=0, replicas=0, ready=0, updated=0), True),
+    ],
+)
+def test_rolled_out(workload: Workload, rolled_out: bool) -> None:
+    assert workload.rolled_out is rolled_out
+
+
+def test_cleanup_targets_and_ownership() -> None:
+    assert children("QuasarValidator", "v1", "ns") == [
+        object_path("StatefulSet", "ns", "v1-validator"),
+        object_path("Service", "ns", "v1-validator"),
+    ]
+    assert len(children("QuasarMiner", "m1", "ns")) == 4
+    mine = {"metadata": {"ownerReferences": [{"uid": "uid-1"}]}}
+    assert owned_by(mine, "uid-1")
+    assert not owned_by(mine, "uid-2")
+    assert not owned_by({"metadata": {}}, "uid-1")
+
+
+def test_differs_looks_only_at_the_fields_set() -> None:
+    live = {"spec": {"replicas": 1, "paused": False}, "status": {"readyReplicas": 1}}
+    assert not differs({"spec": {"replicas": 1}}, live)
+    assert differs({"spec": {"replicas": 2}}, live)
+    assert differs({"spec": {"ports": [1]}}, live)
+    assert differs({"metadata": {"labels": {"a": "b"}}}, live)
+
+
+def test_settings_from_env() -> None:
+    settings = Settings.from_env(
+        {"QUASAR_OPERATOR_NAMESPACES": "a, b", "QUASAR_OPERATOR_DRIFT_INTERVAL": "5"}
+    )
+    assert (settings.namespaces, settings.drift_interval) == (("a", "b"), 5.0)
+    assert Settings.from_env({}).namespaces is None
+    assert (settings.finalizer, settings.annotation_prefix, settings.field_manager) == (
+        "quasar.ai/finalizer",
+        "quasar.ai",
+        "quasar-operator",
+    )

@@ -48,6 +48,9 @@ RESOURCES = {
 }
 VERBS = ["list", "watch", "get", "create", "patch", "delete"]
 
+# The tests' own requests, told apart from the operator's (kopf's and its own client's).
+TEST_AGENT = "quasar-tests"
+
 # Fast enough for a test, slow enough that every timer tick is not a reconcile storm.
 TEST_SETTINGS = Settings(
     namespaces=None, drift_interval=1.0, retry_delay=0.5, watch_server_timeout=10, watch_client_timeout=15
@@ -126,7 +129,7 @@ async def operator(server: Emulator, settings: Settings = TEST_SETTINGS) -> Asyn
 
 @contextlib.asynccontextmanager
 async def client(server: Emulator) -> AsyncIterator[KubeApi]:
-    api = KubeApi.connect(kopf.ConnectionInfo(server=url(server)), timeout=10)
+    api = KubeApi.connect(kopf.ConnectionInfo(server=url(server)), timeout=10, user_agent=TEST_AGENT)
     try:
         yield api
     finally:

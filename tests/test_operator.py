@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 from quasar_operator.apply import KubeApi, object_path
 
-from tests.k8s_emulator import Emulator, client, emulator, eventually, operator
+from tests.k8s_emulator import TEST_AGENT, Emulator, client, emulator, eventually, operator
 
 Obj = dict[str, Any]
 NS = "miners"
@@ -155,6 +156,26 @@ async def test_miner_lifecycle(cluster: tuple[Emulator, KubeApi]) -> None:
         await eventually(lambda: gone(api, f"{CRS}/quasarminers/m1"), what="the resource deleted")
         for path in MINER_CHILDREN:
             assert await gone(api, path), path
+
+    # The operator wrote the resource's status and kopf's bookkeeping, never its spec (an HPA may own
+    # spec.replicas), and it kept its marks under its own names.
+    written = [
+        [op["path"] for op in r.data] if isinstance(r.data, list) else [f"/{key}" for key in r.data]
+        for r in server
+        if r.headers.get("User-Agent") != TEST_AGENT
+        and r.resource is not None
+        and r.resource.plural == "quasarminers"
+        and r.method == "PATCH"
+    ]
+    assert written  # the check below is not vacuous
+    assert not [paths for paths in written if any(p.startswith("/spec") for p in paths)]
+    assert created["metadata"].get("finalizers") is None  # added by the operator, below
+    marked = server.objects["quasar.ai/v1alpha1/quasarminers", NS, "m1"].history
+    finalizers = [version["metadata"].get("finalizers", []) for version in marked if version is not None]
+    assert any("quasar.ai/finalizer" in names for names in finalizers)
+    assert REGISTRY.get_sample_value(
+        "quasar_operator_reconciles_total", {"kind": "QuasarMiner", "outcome": "success"}
+    )
 
 
 async def test_bad_spec_degrades_only_that_resource(cluster: tuple[Emulator, KubeApi]) -> None:

@@ -72,8 +72,9 @@ class KubeApi:
     server: str
 
     @classmethod
-    def connect(cls, info: kopf.ConnectionInfo, *, timeout: float) -> "KubeApi":
-        headers = {"Accept": "application/json"}
+    def connect(cls, info: kopf.ConnectionInfo, *, timeout: float, user_agent: str) -> "KubeApi":
+        # The user agent tells the operator's writes apart in the API server's audit log.
+        headers = {"Accept": "application/json", "User-Agent": user_agent}
         if info.token:
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
         session = aiohttp.ClientSession(

@@ -70,7 +70,9 @@ class Client:
         if self._api is None:
             if self.connection is None:
                 raise RuntimeError("the operator reconciled before logging in")
-            self._api = KubeApi.connect(self.connection, timeout=self.settings.request_timeout)
+            self._api = KubeApi.connect(
+                self.connection, timeout=self.settings.request_timeout, user_agent=self.settings.field_manager
+            )
         return self._api
 
     async def close(self) -> None:

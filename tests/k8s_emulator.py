@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import datetime
 import itertools
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -106,22 +107,27 @@ def url(server: Emulator) -> str:
     return str(server.url).rstrip("/")
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 @contextlib.asynccontextmanager
-async def operator(server: Emulator, settings: Settings = TEST_SETTINGS) -> AsyncIterator[None]:
-    """The real operator (`quasar operator run`'s code path) against the emulator, until the block ends."""
+async def operator(server: Emulator, settings: Settings = TEST_SETTINGS) -> AsyncIterator[Settings]:
+    """The real operator (`quasar operator run`'s code path) against the emulator, until the block ends.
+
+    It yields the settings it runs with (its liveness endpoint is on a free port).
+    """
     stop, ready = asyncio.Event(), asyncio.Event()
+    settings = replace(settings, namespaces=None, liveness_port=free_port())  # namespaces: adaptation 1
     task = asyncio.create_task(
-        run(
-            replace(settings, namespaces=None),  # adaptation 1
-            connection=kopf.ConnectionInfo(server=url(server)),
-            stop_flag=stop,
-            ready_flag=ready,
-            liveness=False,
-        )
+        run(settings, connection=kopf.ConnectionInfo(server=url(server)), stop_flag=stop, ready_flag=ready)
     )
     await asyncio.wait_for(ready.wait(), 10)
     try:
-        yield
+        yield settings
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)

@@ -8,6 +8,7 @@ operator deletes them, not through a garbage collector the emulator does not hav
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
@@ -77,6 +78,14 @@ async def wait_for(api: KubeApi, path: str, check: Callable[[Obj], bool], what: 
 
 async def gone(api: KubeApi, path: str) -> bool:
     return await api.get(path) is None
+
+
+async def alive(api: KubeApi, port: int) -> bool:
+    try:
+        async with api.session.get(f"http://127.0.0.1:{port}/healthz") as response:
+            return response.status == 200
+    except aiohttp.ClientConnectionError:
+        return False  # not listening yet
 
 
 async def events(api: KubeApi, name: str) -> list[Obj]:
@@ -251,7 +260,8 @@ async def test_restart_converges_without_duplicates(cluster: tuple[Emulator, Kub
 
     # Changed while no operator runs: the next one picks it up (kopf's diff base is in an annotation).
     await api.merge_patch(f"{CRS}/quasarminers/m1", {"spec": {"replicas": 2}})
-    async with operator(server):
+    async with operator(server) as settings:
+        await eventually(lambda: alive(api, settings.liveness_port), what="kopf's liveness endpoint")
         await wait_for(api, DEPLOYMENT, lambda d: d["spec"]["replicas"] == 2, "the change applied")
         body = await wait_for(
             api, f"{CRS}/quasarminers/m1", lambda b: b["status"]["observedGeneration"] == 2, "generation 2"

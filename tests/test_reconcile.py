@@ -6,6 +6,7 @@ from typing import Any, TypeVar
 
 import pytest
 from quasar_operator.apply import ApiError, differs, object_path
+from quasar_operator.cli import parse
 from quasar_operator.reconcile import (
     Resource,
     Result,
@@ -259,3 +260,16 @@ def test_settings_from_env() -> None:
         "quasar.ai",
         "quasar-operator",
     )
+
+
+def test_command_line_overrides_the_environment() -> None:
+    env = {"QUASAR_OPERATOR_NAMESPACES": "a", "QUASAR_OPERATOR_DRIFT_INTERVAL": "5"}
+    settings, verbose = parse(["run", "-n", "x", "-n", "y", "--metrics-port", "9999"], "quasar operator", env)
+    assert (settings.namespaces, settings.metrics_port, settings.drift_interval, verbose) == (
+        ("x", "y"),
+        9999,
+        5.0,
+        False,
+    )
+    assert parse(["run", "--all-namespaces"], "quasar operator", env)[0].namespaces is None
+    assert parse(["run"], "quasar operator", env)[0].namespaces == ("a",)

@@ -3,7 +3,7 @@
 import argparse
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import kopf
@@ -19,7 +19,6 @@ async def run(
     connection: kopf.ConnectionInfo | None = None,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
-    liveness: bool = True,
 ) -> None:
     """Run until `stop_flag` is set (or a signal arrives): shared by the command and the tests."""
     kopf_settings = kopf.OperatorSettings()
@@ -31,13 +30,16 @@ async def run(
         standalone=True,
         clusterwide=settings.namespaces is None,
         namespaces=settings.namespaces or (),
-        liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz" if liveness else None,
+        liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz",
         stop_flag=stop_flag,
         ready_flag=ready_flag,
     )
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "quasar operator") -> int:
+def parse(
+    argv: Sequence[str] | None, prog: str, env: Mapping[str, str] | None = None
+) -> tuple[Settings, bool]:
+    """The settings (the environment's, overridden by the flags) and whether to log at debug level."""
     parser = argparse.ArgumentParser(prog=prog, description="The QUASAR Kubernetes operator.")
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="reconcile QuasarMiners and QuasarValidators")
@@ -46,7 +48,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "quasar operator") -> in
         "--namespace", "-n", action="append", dest="namespaces", metavar="NS", help="watch NS (repeatable)"
     )
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
-    defaults = Settings.from_env()
+    defaults = Settings.from_env(env)
     run_parser.add_argument("--liveness-port", type=int, default=defaults.liveness_port)
     run_parser.add_argument("--metrics-port", type=int, default=defaults.metrics_port)
     run_parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -55,7 +57,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "quasar operator") -> in
     settings = replace(
         defaults, namespaces=namespaces, liveness_port=args.liveness_port, metrics_port=args.metrics_port
     )
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
+    return settings, args.verbose
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "quasar operator") -> int:
+    settings, verbose = parse(argv, prog)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
     start_http_server(settings.metrics_port)
     asyncio.run(run(settings))
     return 0

@@ -4,9 +4,11 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import kopf
 import pytest
 from quasar_operator.apply import ApiError, differs, object_path
 from quasar_operator.cli import parse
+from quasar_operator.handlers import Client
 from quasar_operator.reconcile import (
     Resource,
     Result,
@@ -273,3 +275,27 @@ def test_command_line_overrides_the_environment() -> None:
     )
     assert parse(["run", "--all-namespaces"], "quasar operator", env)[0].namespaces is None
     assert parse(["run"], "quasar operator", env)[0].namespaces == ("a",)
+
+
+def test_a_new_login_reopens_the_operators_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kubelet rotates the service account's token; kopf logs in again on a 401.
+    logins = iter(
+        [
+            kopf.ConnectionInfo(server="http://api", token="1"),
+            kopf.ConnectionInfo(server="http://api", token="2"),
+        ]
+    )
+    monkeypatch.setattr(kopf, "login_with_service_account", lambda **_: next(logins))
+    client = Client(Settings(), None)
+
+    async def scenario() -> None:
+        await client.login(kopf.OperatorSettings())
+        first = client.api
+        assert client.api is first  # kept while the credentials hold
+        await client.login(kopf.OperatorSettings())
+        assert client.api is not first
+        assert first.session.closed
+        assert client.api.session.headers["Authorization"] == "Bearer 2"
+        await client.close()
+
+    run(scenario())

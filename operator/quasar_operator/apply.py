@@ -5,7 +5,9 @@ ownership, no create-on-apply), so a test would pass against behaviour a real cl
 then a POST when absent or a JSON merge patch of exactly the fields the builders set when they differ,
 converges the same way on both: the object ends up holding the built fields, and fields other controllers
 own (the Deployment's status, an HPA's annotations) are left alone. The merge patch replaces lists whole,
-which is what the builders mean: their containers and ports lists are the desired lists.
+which is what the builders mean: their containers and ports lists are the desired lists. On a real API
+server the fields it defaults inside such lists (a container's terminationMessagePath) make them differ on
+every run: the patch is then written again, and the server, finding nothing changed, keeps the version.
 """
 
 import json

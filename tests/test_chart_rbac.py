@@ -1,0 +1,142 @@
+"""The chart's RBAC against what the operator does: exactly the permissions it uses, nothing more.
+
+The operator's own calls are recorded, not listed by hand: its reconcile pipeline and its cleanup run with
+its HTTP client against a recording server on loopback (objects absent, then present), for the resources
+the chart's example creates. kopf's calls are stated with the reason for each.
+"""
+
+import asyncio
+import re
+from typing import Any
+
+import kopf
+from aiohttp import web
+from quasar_operator.apply import KubeApi
+from quasar_operator.models import GROUP
+from quasar_operator.reconcile import Resource, children, reconcile_miner, reconcile_validator
+
+from tests.test_chart import NAMESPACE, one, rendered
+
+Obj = dict[str, Any]
+Permission = tuple[str, str, str]  # (API group, resource, verb)
+VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "DELETE": "delete"}
+PLURALS = ("quasarminers", "quasarvalidators")
+# kopf, in a watched namespace: it lists and watches the resources, merge-patches them (its finalizer and
+# annotations) and their status subresource, and posts core/v1 Events. Standalone: no peering objects.
+KOPF = (
+    {(GROUP, plural, verb) for plural in PLURALS for verb in ("list", "watch", "patch")}
+    | {(GROUP, f"{plural}/status", "patch") for plural in PLURALS}
+    | {("", "events", "create")}
+)
+# kopf, cluster-wide whatever it watches: CustomResourceDefinitions, to notice CRDs (re)installed while it
+# runs; with a list of namespaces, also Namespaces, to serve one created after it started.
+KOPF_SCANNING = {("apiextensions.k8s.io", "customresourcedefinitions", verb) for verb in ("list", "watch")}
+KOPF_NAMESPACES = {("", "namespaces", verb) for verb in ("list", "watch")}
+LOAD_BALANCER = {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}
+
+
+class Recorder:
+    """An API server that answers every call plausibly and records (method, path)."""
+
+    def __init__(self) -> None:
+        self.calls: set[tuple[str, str]] = set()
+        self.present = False
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.calls.add((request.method, request.path))
+        if request.method == "POST":
+            # A created Service has its load balancer's address, so the miner's Deployment follows.
+            return web.json_response({**await request.json(), "status": LOAD_BALANCER})
+        if request.method == "GET" and not self.present and "/secrets/" not in request.path:
+            return web.json_response({"message": "not found"}, status=404)
+        return web.json_response(
+            {"metadata": {"ownerReferences": [{"uid": "uid-1"}]}, "status": LOAD_BALANCER}
+        )
+
+
+async def operator_calls(resources: list[Obj]) -> set[tuple[str, str]]:
+    recorder = Recorder()
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", recorder.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    api = KubeApi.connect(kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}"), timeout=10, user_agent="t")
+    try:
+        for present in (False, True):
+            recorder.present = present
+            for body in resources:
+                resource = Resource.from_body({**body, "metadata": {**body["metadata"], "uid": "uid-1"}})
+                pipeline = reconcile_miner if body["kind"] == "QuasarMiner" else reconcile_validator
+                result = await pipeline(api, resource, "2026-01-01T00:00:00Z")
+                assert result.failure is None, result.failure
+        # Deletion: the operator deletes the children it owns before its finalizer goes.
+        for body in resources:
+            for path in children(body["kind"], body["metadata"]["name"], body["metadata"]["namespace"]):
+                await api.delete(path)
+    finally:
+        await api.close()
+        await runner.cleanup()
+    return recorder.calls
+
+
+def permission(method: str, path: str) -> Permission:
+    match = re.fullmatch(r"/(?:api/v1|apis/([^/]+)/[^/]+)/namespaces/[^/]+/([^/]+)(?:/[^/]+)?", path)
+    assert match is not None, path
+    return (match.group(1) or "", match.group(2), VERBS[method])
+
+
+def granted(rules: list[Obj]) -> set[Permission]:
+    for rule in rules:
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule  # no resourceNames, no URLs
+    return {
+        (g, r, v)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+
+
+def operator_needs() -> set[Permission]:
+    resources = [o for o in rendered("example") if o["kind"] in ("QuasarMiner", "QuasarValidator")]
+    calls = asyncio.run(operator_calls(resources))
+    needs = {permission(method, path) for method, path in calls}
+    # What the recording must have seen: every child kind written, and the wallet Secret read.
+    assert {("apps", "deployments", "create"), ("apps", "statefulsets", "patch")} <= needs
+    assert ("", "secrets", "get") in needs
+    assert ("", "persistentvolumeclaims", "delete") in needs
+    return needs | KOPF
+
+
+def test_cluster_wide_the_cluster_role_grants_exactly_what_the_operator_uses() -> None:
+    objects = rendered("defaults")
+    assert granted(one(objects, "ClusterRole")["rules"]) == operator_needs() | KOPF_SCANNING
+    binding = one(objects, "ClusterRoleBinding")
+    account = one(objects, "ServiceAccount")["metadata"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": one(objects, "ClusterRole")["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}
+    ]
+
+
+def test_per_namespace_a_role_in_each_and_only_scanning_cluster_wide() -> None:
+    objects = rendered("everything")
+    roles = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "Role"}
+    bindings = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "RoleBinding"}
+    assert sorted(roles) == sorted(bindings) == ["miners", "validators"]
+    needs = operator_needs()
+    for namespace, role in roles.items():
+        assert granted(role["rules"]) == needs
+        assert bindings[namespace]["roleRef"]["name"] == role["metadata"]["name"]
+        (subject,) = bindings[namespace]["subjects"]
+        assert (subject["name"], subject["namespace"]) == ("quasar-operator", NAMESPACE)
+    # No Secret, Deployment or Service anywhere else.
+    assert granted(one(objects, "ClusterRole")["rules"]) == KOPF_SCANNING | KOPF_NAMESPACES

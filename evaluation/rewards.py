@@ -77,10 +77,20 @@ def forget(scores: Mapping[int, float], uids: set[int]) -> dict[int, float]:
 
 
 def normalize_weights(scores: Mapping[int, float]) -> dict[int, float]:
-    """L1-normalise scores into weights; negatives and non-finite values count as 0; all-zero gives {}."""
+    """L1-normalise scores into weights; negatives and non-finite values count as 0; all-zero gives {}.
+
+    A share too small for a float (a subnormal score next to a normal one) is dropped rather than kept as a
+    weight of 0.0: every weight returned is positive.
+    """
     clean = {uid: s for uid, s in scores.items() if math.isfinite(s) and s > 0}
-    total = sum(clean.values())
-    return {uid: s / total for uid, s in clean.items()} if total > 0 else {}
+    if not clean:
+        return {}
+    # Scaled by the largest first: the sum of scores near the float maximum would overflow to inf.
+    largest = max(clean.values())
+    scaled = {uid: s / largest for uid, s in clean.items()}
+    total = math.fsum(scaled.values())
+    weights = {uid: s / total for uid, s in scaled.items()}
+    return {uid: w for uid, w in weights.items() if w > 0}
 
 
 def to_u16_weights(weights: Mapping[int, float]) -> tuple[list[int], list[int]]:

@@ -538,7 +538,7 @@ def test_engine_port_colliding_in_the_pod_is_refused(port: int, what: str) -> No
 
 
 def test_a_single_pod_cache_with_several_replicas_is_refused() -> None:
-    with pytest.raises(BuildError, match=r"spec\.cache\.accessMode: ReadWriteOncePod .* replicas is 2"):
+    with pytest.raises(BuildError, match=r"spec\.cache\.accessMode: ReadWriteOncePod .* up to 2 replicas"):
         deployment(spec(replicas=2, cache={"accessMode": "ReadWriteOncePod"}))
 
 

@@ -13,9 +13,11 @@ import kopf
 from aiohttp import web
 from quasar_operator.apply import KubeApi
 from quasar_operator.models import GROUP
-from quasar_operator.reconcile import Resource, children, reconcile_miner, reconcile_validator
+from quasar_operator.reconcile import Resource, cleanup_paths, reconcile_miner, reconcile_validator
+from quasar_operator.scaling import ScalingState
 
 from tests.test_chart import NAMESPACE, one, rendered
+from tests.test_crds import EXAMPLES, load
 
 Obj = dict[str, Any]
 Permission = tuple[str, str, str]  # (API group, resource, verb)
@@ -70,11 +72,12 @@ async def operator_calls(resources: list[Obj]) -> set[tuple[str, str]]:
             for body in resources:
                 resource = Resource.from_body({**body, "metadata": {**body["metadata"], "uid": "uid-1"}})
                 pipeline = reconcile_miner if body["kind"] == "QuasarMiner" else reconcile_validator
-                result = await pipeline(api, resource, "2026-01-01T00:00:00Z")
+                result = await pipeline(api, resource, "2026-01-01T00:00:00Z", ScalingState())
                 assert result.failure is None, result.failure
         # Deletion: the operator deletes the children it owns before its finalizer goes.
         for body in resources:
-            for path in children(body["kind"], body["metadata"]["name"], body["metadata"]["namespace"]):
+            meta = body["metadata"]
+            for path in await cleanup_paths(api, body["kind"], meta["name"], meta["namespace"]):
                 await api.delete(path)
     finally:
         await api.close()
@@ -82,10 +85,13 @@ async def operator_calls(resources: list[Obj]) -> set[tuple[str, str]]:
     return recorder.calls
 
 
-def permission(method: str, path: str) -> Permission:
-    match = re.fullmatch(r"/(?:api/v1|apis/([^/]+)/[^/]+)/namespaces/[^/]+/([^/]+)(?:/[^/]+)?", path)
+def permission(method: str, path: str) -> tuple[Permission, bool]:
+    """The permission a call needs, and whether it is cluster-wide (a read across every namespace)."""
+    match = re.fullmatch(r"/(?:api/v1|apis/([^/]+)/[^/]+)(/namespaces/[^/]+)?/([^/]+)(/[^/]+)?", path)
     assert match is not None, path
-    return (match.group(1) or "", match.group(2), VERBS[method])
+    # A GET of a collection is a list.
+    verb = "list" if method == "GET" and match.group(4) is None else VERBS[method]
+    return (match.group(1) or "", match.group(3), verb), match.group(2) is None
 
 
 def granted(rules: list[Obj]) -> set[Permission]:
@@ -101,20 +107,33 @@ def granted(rules: list[Obj]) -> set[Permission]:
     }
 
 
-def operator_needs() -> set[Permission]:
+def recorded_needs() -> tuple[set[Permission], set[Permission]]:
+    """What the operator's calls need in a watched namespace, and across the cluster."""
     resources = [o for o in rendered("example") if o["kind"] in ("QuasarMiner", "QuasarValidator")]
+    # And a miner with pools and its own autoscaler: it reads pods, and Nodes and Pods cluster-wide.
+    full = load(EXAMPLES / "quasarminer-full.yaml")
+    resources.append({**full, "metadata": {**full["metadata"], "namespace": "miners"}})
     calls = asyncio.run(operator_calls(resources))
-    needs = {permission(method, path) for method, path in calls}
+    found = [permission(method, path) for method, path in calls]
+    needs = {p for p, cluster_wide in found if not cluster_wide}
+    cluster = {p for p, cluster_wide in found if cluster_wide}
     # What the recording must have seen: every child kind written, and the wallet Secret read.
     assert {("apps", "deployments", "create"), ("apps", "statefulsets", "patch")} <= needs
     assert ("", "secrets", "get") in needs
     assert ("", "persistentvolumeclaims", "delete") in needs
-    return needs | KOPF
+    assert {("", "pods", "list"), ("policy", "poddisruptionbudgets", "create")} <= needs
+    assert cluster == {("", "nodes", "list"), ("", "pods", "list")}
+    return needs | KOPF, cluster
+
+
+def operator_needs() -> set[Permission]:
+    return recorded_needs()[0]
 
 
 def test_cluster_wide_the_cluster_role_grants_exactly_what_the_operator_uses() -> None:
     objects = rendered("defaults")
-    assert granted(one(objects, "ClusterRole")["rules"]) == operator_needs() | KOPF_SCANNING
+    needs, cluster = recorded_needs()
+    assert granted(one(objects, "ClusterRole")["rules"]) == needs | cluster | KOPF_SCANNING
     binding = one(objects, "ClusterRoleBinding")
     account = one(objects, "ServiceAccount")["metadata"]
     assert binding["roleRef"] == {
@@ -132,11 +151,11 @@ def test_per_namespace_a_role_in_each_and_only_scanning_cluster_wide() -> None:
     roles = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "Role"}
     bindings = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "RoleBinding"}
     assert sorted(roles) == sorted(bindings) == ["miners", "validators"]
-    needs = operator_needs()
+    needs, cluster = recorded_needs()
     for namespace, role in roles.items():
         assert granted(role["rules"]) == needs
         assert bindings[namespace]["roleRef"]["name"] == role["metadata"]["name"]
         (subject,) = bindings[namespace]["subjects"]
         assert (subject["name"], subject["namespace"]) == ("quasar-operator", NAMESPACE)
     # No Secret, Deployment or Service anywhere else.
-    assert granted(one(objects, "ClusterRole")["rules"]) == KOPF_SCANNING | KOPF_NAMESPACES
+    assert granted(one(objects, "ClusterRole")["rules"]) == KOPF_SCANNING | KOPF_NAMESPACES | cluster

@@ -37,7 +37,12 @@ CRD_OF_KIND = {"QuasarMiner": crds.miner_crd, "QuasarValidator": crds.validator_
 # quantized model instead of a dtype'd one.
 ALTERNATIVES = {"cache.existing_claim", "model.quantize"}
 # The only places whose contents the API server should keep without a schema: core/v1 objects passed through.
-FREE_FORM = {"spec.pod.affinity", "spec.pod.tolerations[]"}
+FREE_FORM = {
+    "spec.pod.affinity",
+    "spec.pod.tolerations[]",
+    "spec.placement.pools[].affinity",
+    "spec.placement.pools[].tolerations[]",
+}
 
 
 def load(path: Path) -> Obj:
@@ -110,17 +115,23 @@ def cel_errors(kind: str, body: Obj) -> list[str]:
     env = celpy.Environment()
     failed = []
     for path, node in walk(schema):
-        value: Any = obj
-        for part in path.split(".") if path else []:
-            # Every rule sits on an object property, never inside a list or map: a plain walk finds its value.
-            value = value.get(part) if isinstance(value, dict) else None
-        if value is None:
-            continue
-        for rule in node.get("x-kubernetes-validations", []):
-            program = env.program(env.compile(rule["rule"]))
-            if program.evaluate({"self": json_to_cel(value)}) != BoolType(True):
-                failed.append(f"{path}: {rule['message']}")
+        for value in values_at(obj, path.split(".") if path else []):
+            for rule in node.get("x-kubernetes-validations", []):
+                program = env.program(env.compile(rule["rule"]))
+                if program.evaluate({"self": json_to_cel(value)}) != BoolType(True):
+                    failed.append(f"{path}: {rule['message']}")
     return failed
+
+
+def values_at(value: Any, parts: list[str]) -> list[Any]:
+    """Every value at a schema path (`pools[]` goes into each item of the list); none where it is absent."""
+    if not parts:
+        return [] if value is None else [value]
+    name = parts[0].removesuffix("[]")
+    child = value.get(name) if isinstance(value, dict) else None
+    if parts[0].endswith("[]"):
+        return [found for item in child or [] for found in values_at(item, parts[1:])]
+    return values_at(child, parts[1:])
 
 
 def unknown_fields(schema: Obj, value: Any, path: str = "") -> list[str]:
@@ -251,6 +262,17 @@ def test_cel_rules() -> None:
             "self.serviceType != 'NodePort' || (has(self.externalIP) && has(self.nodePort))",
         ],
         "spec.cache": ["!has(self.existingClaim) || !has(self.storageClassName)"],
+        "spec": [
+            "!has(self.placement) || size(self.placement.pools) < 2 || has(self.cache.existingClaim) "
+            "|| self.cache.accessMode == 'ReadWriteMany'"
+        ],
+        "spec.placement": ["self.pools.all(p, self.pools.exists_one(q, q.name == p.name))"],
+        "spec.placement.pools[].model": [
+            "!has(self.shards) || !has(self.gpusPerReplica) || self.shards <= self.gpusPerReplica",
+            "!has(self.extraArgs) || self.extraArgs.all(a, !a.matches('^--(model-id|revision|port|hostname|"
+            "num-shard|max-input-tokens|max-total-tokens|quantize|dtype|rope-scaling|rope-factor)(=|$)'))",
+        ],
+        "spec.autoscaling": ["self.minReplicas <= self.maxReplicas"],
     }
     assert rules(crds.validator_crd()) == {
         "spec.data": ["!self.path.startsWith('/') && !self.path.contains('..')"],
@@ -478,3 +500,51 @@ def test_docs_name_every_spec_section(kind: str) -> None:
     section = docs.split(f"## {kind}\n", 1)[1].split("\n## ", 1)[0]
     spec = root_schema(CRD_OF_KIND[kind]())["properties"]["spec"]
     assert [name for name in spec["properties"] if f"`{name}`" not in section] == []
+
+
+POOL = {"name": "h100", "maxReplicas": 4}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"placement": {"pools": [POOL, {"name": "a100", "maxReplicas": 2}]}},
+            "spec: placement over several pools needs cache.accessMode ReadWriteMany",
+        ),
+        (
+            {"placement": {"pools": [POOL, POOL]}, "cache": {"accessMode": "ReadWriteMany"}},
+            "spec.placement: pool names must be unique",
+        ),
+        (
+            {"placement": {"pools": [{**POOL, "model": {"gpusPerReplica": 1, "shards": 2}}]}},
+            "spec.placement.pools[].model: shards cannot exceed gpusPerReplica",
+        ),
+        (
+            {"placement": {"pools": [{**POOL, "model": {"extraArgs": ["--quantize=fp8"]}}]}},
+            "spec.placement.pools[].model: extraArgs cannot set flags the operator derives from the spec",
+        ),
+        (
+            {"autoscaling": {"minReplicas": 3, "maxReplicas": 2}},
+            "spec.autoscaling: minReplicas cannot exceed maxReplicas",
+        ),
+    ],
+)
+def test_placement_and_autoscaling_rules_agree_in_cel_and_models(spec: Obj, message: str) -> None:
+    body = miner_with(**spec)
+    (error,) = cel_errors("QuasarMiner", body)
+    assert error.startswith(message)
+    where, problem = message.split(": ", 1)
+    # pydantic names the list index where CEL names the list; both carry the same message.
+    assert problem in errors_of(body)
+    assert errors_of(body).startswith(where.replace("[]", ".0").split(".model")[0])
+
+
+def test_placement_and_autoscaling_accept_good_specs() -> None:
+    body = miner_with(
+        placement={"pools": [POOL, {"name": "a100", "maxReplicas": 2, "model": {"quantize": "fp8"}}]},
+        cache={"accessMode": "ReadWriteMany"},
+        autoscaling={"minReplicas": 1, "maxReplicas": 6},
+    )
+    assert api_server_errors("QuasarMiner", body) == []
+    MODELS["QuasarMiner"].model_validate(body)

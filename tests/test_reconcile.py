@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 import kopf
 import pytest
-from quasar_operator.apply import ApiError, KubeApi, differs, object_path
+from quasar_operator.apply import ApiError, KubeApi, differs, matches, object_path
 from quasar_operator.cli import parse
 from quasar_operator.handlers import Client
 from quasar_operator.reconcile import (
@@ -17,6 +17,7 @@ from quasar_operator.reconcile import (
     reconcile_miner,
     reconcile_validator,
 )
+from quasar_operator.scaling import ScalingState
 from quasar_operator.settings import Settings
 from quasar_operator.status import Failure, Workload, compute
 
@@ -36,6 +37,20 @@ class FakeApi:
 
     async def get(self, path: str) -> Obj | None:
         return self.objects.get(path)
+
+    async def list(self, path: str, label_selector: dict[str, str] | None = None) -> list[Obj]:
+        prefix = path + "/"
+        return [
+            obj
+            for key, obj in self.objects.items()
+            if key.startswith(prefix) and matches(obj, label_selector or {})
+        ]
+
+    async def merge_patch(self, path: str, patch: Obj) -> Obj | None:
+        raise AssertionError(f"unexpected patch of {path}")
+
+    async def delete(self, path: str) -> bool:
+        return self.objects.pop(path, None) is not None
 
     async def apply(self, desired: Obj) -> Obj:
         if desired["kind"] == self.fail:
@@ -75,11 +90,12 @@ def by_type(result: Result) -> dict[str, Obj]:
 
 def test_miner_applies_every_object_service_before_deployment() -> None:
     api = with_wallet()
-    result = run(reconcile_miner(api, miner(), NOW))
+    result = run(reconcile_miner(api, miner(), NOW, ScalingState()))
     assert result.failure is None
     assert api.applied == [
         object_path("PersistentVolumeClaim", "ns", "m1-miner-cache"),
         object_path("Service", "ns", "m1-miner-metrics"),
+        object_path("PodDisruptionBudget", "ns", "m1-miner"),
         object_path("Service", "ns", "m1-miner"),
         object_path("Deployment", "ns", "m1-miner"),
     ]
@@ -104,7 +120,9 @@ def test_miner_applies_every_object_service_before_deployment() -> None:
 def test_miner_ready_when_the_deployment_reports_ready_pods() -> None:
     deployment = object_path("Deployment", "ns", "m1-miner")
     ready = {"status": {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2}}
-    result = run(reconcile_miner(with_wallet(**{deployment: ready}), miner({"replicas": 2}), NOW))
+    result = run(
+        reconcile_miner(with_wallet(**{deployment: ready}), miner({"replicas": 2}), NOW, ScalingState())
+    )
     conditions = by_type(result)
     assert (conditions["Ready"]["status"], conditions["Ready"]["message"]) == ("True", "2/2 replicas ready")
     assert conditions["Progressing"]["reason"] == "RolloutComplete"
@@ -112,7 +130,7 @@ def test_miner_ready_when_the_deployment_reports_ready_pods() -> None:
 
 def test_invalid_spec_names_the_field_and_applies_nothing() -> None:
     api = with_wallet()
-    result = run(reconcile_miner(api, miner({"subnet": {"netuid": -1}}), NOW))
+    result = run(reconcile_miner(api, miner({"subnet": {"netuid": -1}}), NOW, ScalingState()))
     assert result.failure is not None
     assert result.failure.reason == "InvalidSpec"
     assert result.failure.message.startswith("spec.subnet.netuid: ")
@@ -124,21 +142,23 @@ def test_invalid_spec_names_the_field_and_applies_nothing() -> None:
 
 
 def test_every_invalid_field_is_reported() -> None:
-    result = run(reconcile_miner(with_wallet(), miner({"subnet": {"netuid": -1}, "replicas": -2}), NOW))
+    result = run(
+        reconcile_miner(with_wallet(), miner({"subnet": {"netuid": -1}, "replicas": -2}), NOW, ScalingState())
+    )
     assert result.failure is not None
     assert "spec.subnet.netuid: " in result.failure.message
     assert "; spec.replicas: " in result.failure.message
 
 
 def test_a_name_too_long_for_the_objects_is_invalid() -> None:
-    result = run(reconcile_miner(with_wallet(), miner(name="m" * 50), NOW))
+    result = run(reconcile_miner(with_wallet(), miner(name="m" * 50), NOW, ScalingState()))
     assert result.failure is not None
     assert result.failure.message.startswith("metadata.name: ")
 
 
 def test_missing_wallet_secret_is_retried_and_applies_nothing() -> None:
     api = FakeApi()
-    result = run(reconcile_miner(api, miner(), NOW))
+    result = run(reconcile_miner(api, miner(), NOW, ScalingState()))
     assert result.failure == Failure(
         "SecretMissing", "spec.wallet.secretName: Secret ns/wallet does not exist"
     )
@@ -148,7 +168,7 @@ def test_missing_wallet_secret_is_retried_and_applies_nothing() -> None:
 
 def test_a_deployment_that_cannot_be_built_degrades_after_the_services() -> None:
     api = with_wallet()
-    result = run(reconcile_miner(api, miner({"engine": {"port": 8091}}), NOW))
+    result = run(reconcile_miner(api, miner({"engine": {"port": 8091}}), NOW, ScalingState()))
     assert result.failure is not None
     assert result.failure.message.startswith("spec.engine.port: ")
     assert object_path("Deployment", "ns", "m1-miner") not in api.applied
@@ -157,7 +177,7 @@ def test_a_deployment_that_cannot_be_built_degrades_after_the_services() -> None
 def test_load_balancer_without_an_address_waits_for_it() -> None:
     spec: Obj = {"exposure": {}}
     api = with_wallet()
-    result = run(reconcile_miner(api, miner(spec), NOW))
+    result = run(reconcile_miner(api, miner(spec), NOW, ScalingState()))
     assert result.failure is None
     assert result.status["endpoint"] is None
     assert object_path("Deployment", "ns", "m1-miner") not in api.applied
@@ -167,13 +187,13 @@ def test_load_balancer_without_an_address_waits_for_it() -> None:
     # The cloud assigns the address: the next reconcile announces it.
     service = api.objects[object_path("Service", "ns", "m1-miner")]
     service["status"] = {"loadBalancer": {"ingress": [{"ip": "198.51.100.4"}]}}
-    result = run(reconcile_miner(api, miner(spec), NOW))
+    result = run(reconcile_miner(api, miner(spec), NOW, ScalingState()))
     assert result.status["endpoint"] == "198.51.100.4:8091"
     assert object_path("Deployment", "ns", "m1-miner") in api.applied
 
 
 def test_api_errors_are_retried() -> None:
-    failing = run(reconcile_miner(FakeApi({WALLET: {}}, fail="Deployment"), miner(), NOW))
+    failing = run(reconcile_miner(FakeApi({WALLET: {}}, fail="Deployment"), miner(), NOW, ScalingState()))
     assert failing.failure is not None
     assert (failing.failure.reason, failing.retry) == ("ApiError", True)
     assert "etcd is on fire" in failing.failure.message
@@ -181,7 +201,7 @@ def test_api_errors_are_retried() -> None:
 
 def test_an_existing_claim_is_neither_created_nor_cleaned_up() -> None:
     api = with_wallet()
-    run(reconcile_miner(api, miner({"cache": {"existingClaim": "models"}}), NOW))
+    run(reconcile_miner(api, miner({"cache": {"existingClaim": "models"}}), NOW, ScalingState()))
     assert not any("persistentvolumeclaims" in path for path in api.applied)
     assert object_path("PersistentVolumeClaim", "ns", "models") not in children("QuasarMiner", "m1", "ns")
 
@@ -191,7 +211,7 @@ def test_validator_applies_service_then_statefulset() -> None:
     resource = Resource(
         "v1", "ns", "uid-2", 1, {"wallet": {"secretName": "wallet"}, "subnet": {"netuid": 7}}, []
     )
-    result = run(reconcile_validator(api, resource, NOW))
+    result = run(reconcile_validator(api, resource, NOW, ScalingState()))
     assert result.failure is None
     assert api.applied == [
         object_path("Service", "ns", "v1-validator"),
@@ -203,7 +223,7 @@ def test_validator_applies_service_then_statefulset() -> None:
 
 def test_validator_invalid_spec() -> None:
     resource = Resource("v1", "ns", "uid-2", 1, {"wallet": {"secretName": "wallet"}}, [])
-    result = run(reconcile_validator(with_wallet(), resource, NOW))
+    result = run(reconcile_validator(with_wallet(), resource, NOW, ScalingState()))
     assert result.failure is not None
     assert result.failure.message.startswith("spec.subnet: ")
 
@@ -236,7 +256,7 @@ def test_cleanup_targets_and_ownership() -> None:
         object_path("StatefulSet", "ns", "v1-validator"),
         object_path("Service", "ns", "v1-validator"),
     ]
-    assert len(children("QuasarMiner", "m1", "ns")) == 4
+    assert len(children("QuasarMiner", "m1", "ns")) == 5
     mine = {"metadata": {"ownerReferences": [{"uid": "uid-1"}]}}
     assert owned_by(mine, "uid-1")
     assert not owned_by(mine, "uid-2")

@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import kopf
@@ -28,7 +29,12 @@ _RESOURCES: dict[str, tuple[str, str]] = {
     "Service": ("/api/v1", "services"),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Secret": ("/api/v1", "secrets"),
+    "Pod": ("/api/v1", "pods"),
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
 }
+# Read across the cluster, for GPU capacity.
+NODES_PATH = "/api/v1/nodes"
+ALL_PODS_PATH = "/api/v1/pods"
 
 
 class ApiError(Exception):
@@ -64,6 +70,11 @@ def differs(desired: Any, actual: Any) -> bool:
             return True
         return any(differs(value, actual.get(key)) for key, value in desired.items())
     return bool(desired != actual)
+
+
+def matches(obj: Obj, selector: Mapping[str, str]) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(key) == value for key, value in selector.items())
 
 
 @dataclass
@@ -117,6 +128,17 @@ class KubeApi:
     async def get(self, path: str) -> Obj | None:
         """The object, or None when it does not exist."""
         return await self._call("GET", path)
+
+    async def list(self, path: str, label_selector: dict[str, str] | None = None) -> list[Obj]:
+        """The items of a collection. The API server filters by `label_selector`; so does this, so that a
+        server which ignores it (the test emulator) cannot hand back another resource's objects."""
+        selector = label_selector or {}
+        query = (
+            "?labelSelector=" + quote(",".join(f"{k}={v}" for k, v in selector.items())) if selector else ""
+        )
+        found = await self._call("GET", path + query)
+        items: list[Obj] = (found or {}).get("items") or []
+        return [item for item in items if matches(item, selector)]
 
     async def create(self, path: str, body: Obj) -> Obj:
         created = await self._call("POST", path, body)

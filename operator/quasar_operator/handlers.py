@@ -16,14 +16,16 @@ from prometheus_client import Counter, Histogram
 
 from quasar_operator.apply import ApiError, KubeApi, differs
 from quasar_operator.models import GROUP, VERSION
+from quasar_operator.observe import Observer
 from quasar_operator.reconcile import (
     Resource,
     Result,
-    children,
+    cleanup_paths,
     owned_by,
     reconcile_miner,
     reconcile_validator,
 )
+from quasar_operator.scaling import ScalingState
 from quasar_operator.settings import Settings
 
 RECONCILES = Counter(
@@ -36,7 +38,7 @@ ERRORS = Counter(
 )
 DURATION = Histogram("quasar_operator_reconcile_seconds", "Time a reconcile took.", ["kind"])
 
-Pipeline = Callable[[KubeApi, Resource, str], Awaitable[Result]]
+Pipeline = Callable[[KubeApi, Resource, str, ScalingState], Awaitable[Result]]
 KINDS: dict[str, tuple[str, Pipeline]] = {
     "QuasarMiner": ("quasarminers", reconcile_miner),
     "QuasarValidator": ("quasarvalidators", reconcile_validator),
@@ -55,6 +57,7 @@ class Client:
         self.fixed = fixed
         self.connection = fixed
         self._api: KubeApi | None = None
+        self.scaling = ScalingState(Observer(cluster_ttl=settings.cluster_ttl))
 
     async def login(self, kopf_settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
         """kopf logs in at start and again whenever the API server answers 401 (a service account's token
@@ -83,6 +86,7 @@ class Client:
         return self._api
 
     async def close(self) -> None:
+        await self.scaling.observer.close()
         if self._api is not None:
             await self._api.close()
             self._api = None
@@ -109,12 +113,16 @@ async def _run(
     pipeline = KINDS[kind][1]
     resource = Resource.from_body(body)
     started = time.monotonic()
-    result = await pipeline(client.api, resource, _now())
+    result = await pipeline(client.api, resource, _now(), client.scaling)
     DURATION.labels(kind).observe(time.monotonic() - started)
     # An unchanged status is not written: every write wakes every watcher, and kopf's own patches test
     # the resourceVersion, which a needless write would keep moving.
     if differs(result.status, body.get("status") or {}):
         patch["status"] = result.status
+    for note in result.notes:
+        post = kopf.warn if note.type == "Warning" else kopf.info
+        post(body, reason=note.reason, message=note.message)
+        logger.info("%s: %s", note.reason, note.message)
     failure = result.failure
     if failure is None:
         RECONCILES.labels(kind, "success").inc()
@@ -140,7 +148,11 @@ async def _cleanup(kind: str, body: kopf.Body, client: Client, logger: kopf.Logg
     # Kubernetes' garbage collector would delete the owned objects too; deleting them here makes deletion
     # not depend on it (and waits for them before the finalizer goes).
     meta = body["metadata"]
-    for path in children(kind, meta["name"], meta["namespace"]):
+    try:
+        paths = await cleanup_paths(client.api, kind, meta["name"], meta["namespace"])
+    except ApiError as exc:
+        raise kopf.TemporaryError(f"cleanup: {exc}", delay=client.settings.retry_delay) from exc
+    for path in paths:
         try:
             live = await client.api.get(path)
             if live is not None and owned_by(live, meta["uid"]):
@@ -148,6 +160,15 @@ async def _cleanup(kind: str, body: kopf.Body, client: Client, logger: kopf.Logg
                 logger.info("deleted %s", path)
         except ApiError as exc:
             raise kopf.TemporaryError(f"cleanup of {path}: {exc}", delay=client.settings.retry_delay) from exc
+
+
+def _dynamic(spec: kopf.Spec, **_: Any) -> bool:
+    autoscaling = spec.get("autoscaling") or {}
+    return bool(spec.get("placement")) or (bool(autoscaling) and autoscaling.get("mode") != "external")
+
+
+def _static(spec: kopf.Spec, **kwargs: Any) -> bool:
+    return not _dynamic(spec, **kwargs)
 
 
 def build_registry(
@@ -191,5 +212,13 @@ def _register(
     kopf.on.create(*resource, registry=registry, id="reconcile")(reconcile)
     kopf.on.update(*resource, registry=registry, id="reconcile")(reconcile)
     kopf.on.resume(*resource, registry=registry, id="reconcile")(reconcile)
-    kopf.timer(*resource, registry=registry, id="drift", interval=settings.drift_interval)(repair)
+    # Miners that scale or place themselves are reconciled more often: that is when their metrics are read
+    # and their pools' state is acted on. The two timers' conditions exclude each other.
+    kopf.timer(*resource, registry=registry, id="drift", interval=settings.drift_interval, when=_static)(
+        repair
+    )
+    if kind == "QuasarMiner":
+        kopf.timer(*resource, registry=registry, id="scale", interval=settings.scale_interval, when=_dynamic)(
+            repair
+        )
     kopf.on.delete(*resource, registry=registry, id="cleanup")(delete)

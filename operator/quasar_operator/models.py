@@ -315,6 +315,26 @@ _EXTRA_ARGS = Rule(
 )
 
 
+Quantize = Literal[
+    "awq",
+    "compressed-tensors",
+    "eetq",
+    "exl2",
+    "gptq",
+    "marlin",
+    "bitsandbytes",
+    "bitsandbytes-nf4",
+    "bitsandbytes-fp4",
+    "fp8",
+]
+Dtype = Literal["float16", "bfloat16"]
+ExtraArgs = list[Annotated[str, Field(max_length=1024)]]
+
+
+def _managed_flags(args: Iterable[str]) -> bool:
+    return any(re.search(_MANAGED_FLAG_RE, a) for a in args)
+
+
 class RopeScaling(_Base):
     """RoPE scaling, to serve contexts longer than the model was trained on."""
 
@@ -335,22 +355,8 @@ class ModelSpec(_Base):
     max_total_tokens: int | None = Field(
         None, ge=2, description="Longest prompt plus generation in tokens (`--max-total-tokens`)."
     )
-    quantize: (
-        Literal[
-            "awq",
-            "compressed-tensors",
-            "eetq",
-            "exl2",
-            "gptq",
-            "marlin",
-            "bitsandbytes",
-            "bitsandbytes-nf4",
-            "bitsandbytes-fp4",
-            "fp8",
-        ]
-        | None
-    ) = Field(None, description="Quantization (`--quantize`).")
-    dtype: Literal["float16", "bfloat16"] | None = Field(None, description="Weights dtype (`--dtype`).")
+    quantize: Quantize | None = Field(None, description="Quantization (`--quantize`).")
+    dtype: Dtype | None = Field(None, description="Weights dtype (`--dtype`).")
     rope_scaling: RopeScaling | None = Field(
         None, description="RoPE scaling (`--rope-scaling`, `--rope-factor`)."
     )
@@ -361,7 +367,7 @@ class ModelSpec(_Base):
         None, ge=1, le=16, description="Tensor-parallel shards (`--num-shard`); defaults to gpusPerReplica."
     )
     # 1024 characters (not more) keeps the CEL rule over these args well inside the API server's cost budget.
-    extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(
+    extra_args: ExtraArgs = Field(
         default_factory=list,
         max_length=64,
         description="Extra engine flags, appended after the ones the operator derives from the spec.",
@@ -376,7 +382,7 @@ class ModelSpec(_Base):
                 _MAX_TOKENS,
             ),
             (self.shards is not None and self.shards > self.gpus_per_replica, _SHARDS),
-            (any(re.search(_MANAGED_FLAG_RE, a) for a in self.extra_args), _EXTRA_ARGS),
+            (_managed_flags(self.extra_args), _EXTRA_ARGS),
         )
         return self
 
@@ -504,8 +510,179 @@ def _default(model: type[BaseModel]) -> Any:
     return Field(default_factory=model, json_schema_extra={"default": {}})
 
 
+GPU_RESOURCE = "nvidia.com/gpu"
+
+_POOL_SHARDS = Rule(
+    rule="!has(self.shards) || !has(self.gpusPerReplica) || self.shards <= self.gpusPerReplica",
+    message="shards cannot exceed gpusPerReplica",
+    field_path=".shards",
+)
+
+
+class PoolModelSpec(_Base):
+    """Engine settings that differ on one pool's GPUs (for example more shards, or a quantisation on smaller
+    GPUs). Unset fields keep spec.model's."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(_POOL_SHARDS, _EXTRA_ARGS))
+
+    gpus_per_replica: int | None = Field(None, ge=1, le=16, description="GPUs each replica requests here.")
+    shards: int | None = Field(None, ge=1, le=16, description="Tensor-parallel shards (`--num-shard`).")
+    quantize: Quantize | None = Field(None, description="Quantization (`--quantize`).")
+    dtype: Dtype | None = Field(None, description="Weights dtype (`--dtype`).")
+    extra_args: ExtraArgs | None = Field(
+        None, max_length=64, description="Extra engine flags; replace spec.model.extraArgs when set."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PoolModelSpec:
+        _enforce(
+            (
+                self.shards is not None
+                and self.gpus_per_replica is not None
+                and self.shards > self.gpus_per_replica,
+                _POOL_SHARDS,
+            ),
+            (_managed_flags(self.extra_args or ()), _EXTRA_ARGS),
+        )
+        return self
+
+
+# A DNS label short enough that `<miner>-miner-<pool>` stays a valid Deployment name for most miner names.
+PoolName = Annotated[str, Field(min_length=1, max_length=20, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+
+
+class PoolSpec(_Base):
+    """One GPU node pool the miner may run on: how its nodes are selected, and how many replicas it takes."""
+
+    name: PoolName = Field(description="Pool name: a DNS label, unique in the list; names its Deployment.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels of the pool (added to pod.nodeSelector)."
+    )
+    affinity: FreeForm | None = Field(
+        None, description="core/v1 Affinity for this pool (replaces pod.affinity)."
+    )
+    tolerations: list[FreeForm] = Field(
+        default_factory=list,
+        description="core/v1 Tolerations for the pool's taints (added to pod.tolerations).",
+    )
+    gpu_resource: str = Field(
+        GPU_RESOURCE,
+        min_length=1,
+        max_length=253,
+        pattern=r"^([a-z0-9.-]+/)?[A-Za-z0-9._-]+$",
+        description="Extended resource name of the pool's GPUs (for example nvidia.com/mig-3g.40gb).",
+    )
+    max_replicas: int = Field(ge=0, le=1000, description="Most replicas placed in this pool.")
+    spot: bool = Field(False, description="Spot or preemptible nodes (shown in status; labels the pods).")
+    node_autoscaling: bool = Field(
+        False,
+        description=(
+            "The pool's nodes come from a cluster autoscaler: replicas are placed up to maxReplicas without "
+            "waiting for free GPUs to be observed, and spill only after spillAfterSeconds unschedulable."
+        ),
+    )
+    model: PoolModelSpec = _default(PoolModelSpec)
+
+
+_UNIQUE_POOLS = Rule(
+    rule="self.pools.all(p, self.pools.exists_one(q, q.name == p.name))",
+    message="pool names must be unique",
+    field_path=".pools",
+)
+
+
+class PlacementSpec(_Base):
+    """Where replicas run: GPU node pools in order of preference, each with its own Deployment."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(_UNIQUE_POOLS))
+
+    pools: list[PoolSpec] = Field(
+        min_length=1, max_length=16, description="Pools, most preferred first: replicas fill them in order."
+    )
+    spill_after_seconds: int = Field(
+        300,
+        ge=0,
+        le=86400,
+        description=(
+            "How long a replica may stay unschedulable before its pool counts as full and replicas spill to "
+            "the next pool; a full pool takes replicas again once free GPUs show there for as long."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PlacementSpec:
+        names = [pool.name for pool in self.pools]
+        _enforce((len(set(names)) != len(names), _UNIQUE_POOLS))
+        return self
+
+
+_MIN_MAX = Rule(
+    rule="self.minReplicas <= self.maxReplicas",
+    message="minReplicas cannot exceed maxReplicas",
+    field_path=".minReplicas",
+)
+
+
+class AutoscalingSpec(_Base):
+    """How many replicas the miner runs: decided by the operator from the engines' queues, or by an external
+    autoscaler (HPA, KEDA) through the scale subresource."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(_MIN_MAX))
+
+    mode: Literal["operator", "external"] = Field(
+        "operator",
+        description=(
+            "operator: the operator reads the engines' metrics and decides (status.desiredReplicas). "
+            "external: an HPA or KEDA writes spec.replicas through the scale subresource; the operator "
+            "never writes replicas and only places them into pools."
+        ),
+    )
+    min_replicas: int = Field(1, ge=0, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(ge=0, le=1000, description="Most replicas.")
+    metric: Literal["queueSize", "batchSize", "queueTime"] = Field(
+        "queueSize",
+        description=(
+            "Signal per replica: queueSize (TGI `tgi_queue_size`, requests waiting), batchSize "
+            "(`tgi_batch_current_size`, requests being generated) or queueTime (mean seconds requests "
+            "waited, from `tgi_request_queue_duration` between two reads)."
+        ),
+    )
+    target: float = Field(2.0, gt=0, description="Target value of the metric per replica.")
+    tolerance: float = Field(
+        0.1, ge=0, le=1, description="Relative distance from the target inside which nothing changes."
+    )
+    scale_up_stabilization_seconds: int = Field(
+        0, ge=0, le=3600, description="Scale up to the lowest recommendation of this window."
+    )
+    scale_down_stabilization_seconds: int = Field(
+        300, ge=0, le=3600, description="Scale down to the highest recommendation of this window."
+    )
+    scale_down_step: int = Field(
+        1, ge=1, le=1000, description="Most replicas removed per scaleDownPeriodSeconds."
+    )
+    scale_down_period_seconds: int = Field(
+        60, ge=0, le=3600, description="Least time between two scale-downs."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoscalingSpec:
+        _enforce((self.min_replicas > self.max_replicas, _MIN_MAX))
+        return self
+
+
+# Pods of different pools run on different nodes: only a ReadWriteMany claim mounts on all of them.
+_SHARED_CACHE = Rule(
+    rule="!has(self.placement) || size(self.placement.pools) < 2 || has(self.cache.existingClaim) "
+    "|| self.cache.accessMode == 'ReadWriteMany'",
+    message="placement over several pools needs cache.accessMode ReadWriteMany (or cache.existingClaim)",
+    field_path=".cache.accessMode",
+)
+
+
 class QuasarMinerSpec(_Base):
     """Desired state of a QuasarMiner: an engine serving a model plus the miner neuron, per replica."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(_SHARED_CACHE))
 
     model: ModelSpec = Field(description="The model and how the engine serves it.")
     engine: EngineSpec = _default(EngineSpec)
@@ -521,6 +698,50 @@ class QuasarMinerSpec(_Base):
     cache: CacheSpec = _default(CacheSpec)
     neuron: MinerNeuronSpec = _default(MinerNeuronSpec)
     pod: PodOverrides = _default(PodOverrides)
+    placement: PlacementSpec | None = Field(
+        None, description="GPU node pools in order of preference (default: one Deployment, pod's scheduling)."
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        None,
+        description="Replicas from the engines' load or an external autoscaler (default: spec.replicas).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> QuasarMinerSpec:
+        spans_nodes = self.placement is not None and len(self.placement.pools) > 1
+        shared = self.cache.existing_claim is not None or self.cache.access_mode == "ReadWriteMany"
+        _enforce((spans_nodes and not shared, _SHARED_CACHE))
+        return self
+
+
+class PoolStatus(_Base):
+    """One pool's share of the replicas."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(description="Pool name.")
+    desired: int = Field(0, ge=0, description="Replicas the operator wants in this pool now.")
+    replicas: int = Field(0, ge=0, description="Pods of this pool that exist.")
+    ready: int = Field(0, ge=0, description="Pods of this pool that are ready.")
+    pending: int = Field(0, ge=0, description="Pods of this pool the scheduler cannot place.")
+    free: int | None = Field(None, ge=0, description="Further replicas that fit on the pool's free GPUs.")
+    spot: bool = Field(False, description="Spot or preemptible nodes.")
+    full_since: str | None = Field(
+        None,
+        description="Since when the pool counts as full (replicas spill past it); empty when it has room.",
+        json_schema_extra={"format": "date-time"},
+    )
+
+
+class ScaleDecision(_Base):
+    """The last change of the desired replica count, and why."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    time: str = Field(description="When (RFC 3339).", json_schema_extra={"format": "date-time"})
+    replicas_from: int = Field(ge=0, description="Desired replicas before.")
+    replicas_to: int = Field(ge=0, description="Desired replicas after.")
+    reason: str = Field(max_length=1024, description="Why, with the metric and its target.")
 
 
 class MinerStatus(_StatusBase):
@@ -528,6 +749,21 @@ class MinerStatus(_StatusBase):
 
     selector: str | None = Field(None, description="Label selector of the pods (for the scale subresource).")
     endpoint: str | None = Field(None, description="The ip:port announced on chain.")
+    desired_replicas: int | None = Field(
+        None,
+        ge=0,
+        description="Replicas the operator runs: spec.replicas or the autoscaler's, within min/max.",
+    )
+    metric_value: float | None = Field(
+        None, description="The autoscaling metric per replica at the last read (absent: none read)."
+    )
+    unplaced: int | None = Field(None, ge=0, description="Desired replicas no pool has room for.")
+    pools: list[PoolStatus] = Field(
+        default_factory=list,
+        description="Per pool: desired, ready and pending replicas, free room, and whether it is full.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    last_scale: ScaleDecision | None = Field(None, description="The last change of desiredReplicas.")
 
 
 class QuasarMiner(_Base):

@@ -6,7 +6,7 @@ retries, so one broken object never stops the operator from serving the others.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -16,7 +16,6 @@ from quasar_operator.builders import (
     BuildError,
     announced_endpoint,
     miner_cache_claim,
-    miner_deployment,
     miner_endpoint,
     miner_metrics_service,
     miner_selector,
@@ -24,9 +23,18 @@ from quasar_operator.builders import (
     validator_service,
     validator_statefulset,
 )
-from quasar_operator.builders.miner import miner_names
+from quasar_operator.builders.common import Owner
+from quasar_operator.builders.miner import KIND, miner_disruption_budget, miner_names
 from quasar_operator.builders.validator import validator_name
 from quasar_operator.models import QuasarMinerSpec, QuasarValidatorSpec, WalletSpec, error_summary
+from quasar_operator.scaling import (
+    Note,
+    ScalingState,
+    desired_replicas,
+    owned_deployments_selector,
+    place,
+    previous_status,
+)
 from quasar_operator.status import Failure, Workload, compute
 
 Obj = dict[str, Any]
@@ -42,6 +50,12 @@ class Api(Protocol):
 
     async def apply(self, desired: Obj) -> Obj: ...
 
+    async def list(self, path: str, label_selector: dict[str, str] | None = None) -> list[Obj]: ...
+
+    async def merge_patch(self, path: str, patch: Obj) -> Obj | None: ...
+
+    async def delete(self, path: str) -> bool: ...
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -53,6 +67,7 @@ class Resource:
     generation: int | None
     spec: Mapping[str, Any]
     conditions: list[Obj]
+    status: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> "Resource":
@@ -63,6 +78,7 @@ class Resource:
             uid=meta["uid"],
             generation=meta.get("generation"),
             spec=body.get("spec") or {},
+            status=body.get("status") or {},
             conditions=list((body.get("status") or {}).get("conditions") or []),
         )
 
@@ -74,6 +90,8 @@ class Result:
     # A failure that may clear by itself (a Secret created later, an API hiccup): retry with backoff.
     # An invalid spec only clears with a new generation, which brings its own event.
     retry: bool = False
+    # Events about what the reconcile did (scaling, spilling), besides a failure's.
+    notes: tuple[Note, ...] = ()
 
 
 def parse_miner(resource: Resource) -> QuasarMinerSpec | Failure:
@@ -113,7 +131,7 @@ def _failed(resource: Resource, failure: Failure, now: str, *, retry: bool) -> R
     return Result(status, failure, retry)
 
 
-async def reconcile_miner(api: Api, resource: Resource, now: str) -> Result:
+async def reconcile_miner(api: Api, resource: Resource, now: str, scaling: ScalingState) -> Result:
     spec = parse_miner(resource)
     if isinstance(spec, Failure):
         return _failed(resource, spec, now, retry=False)
@@ -121,17 +139,20 @@ async def reconcile_miner(api: Api, resource: Resource, now: str) -> Result:
         missing = await check_wallet(api, resource, spec.wallet)
         if missing is not None:
             return _failed(resource, missing, now, retry=True)
-        return await _apply_miner(api, resource, spec, now)
+        return await _apply_miner(api, resource, spec, now, scaling)
     except ApiError as exc:
         return _failed(resource, Failure(API_ERROR, str(exc)), now, retry=True)
 
 
-async def _apply_miner(api: Api, resource: Resource, spec: QuasarMinerSpec, now: str) -> Result:
+async def _apply_miner(
+    api: Api, resource: Resource, spec: QuasarMinerSpec, now: str, scaling: ScalingState
+) -> Result:
     name, namespace, uid = resource.name, resource.namespace, resource.uid
     claim = miner_cache_claim(name, namespace, uid, spec)
     if claim is not None:
         await api.apply(claim)
     await api.apply(miner_metrics_service(name, namespace, uid, spec))
+    await api.apply(miner_disruption_budget(name, namespace, uid, spec))
     # The Service first: the Deployment announces the address the Service gets.
     service = await api.apply(miner_service(name, namespace, uid, spec))
     extra: Obj = {"selector": miner_selector(name)}
@@ -142,17 +163,39 @@ async def _apply_miner(api: Api, resource: Resource, spec: QuasarMinerSpec, now:
             generation=resource.generation, previous=resource.conditions, now=now, waiting=waiting
         )
         return Result({**status, **extra, "endpoint": None})
+    owner = Owner(KIND, name, namespace, uid)
+    previous = previous_status(resource.status)
+    clock = scaling.clock()
+    desired, scale_status, notes = await desired_replicas(api, scaling, uid, owner, spec, previous, clock)
+    owned = [
+        d
+        for d in await api.list(object_path("Deployment", namespace), owned_deployments_selector(name))
+        if owned_by(d, uid)
+    ]
     try:
-        desired = miner_deployment(name, namespace, uid, spec, endpoint)
+        applied, pool_status, pool_notes = await place(
+            api, scaling, owner, spec, endpoint, desired, owned, previous, clock
+        )
     except BuildError as exc:
         return _failed(resource, Failure(INVALID_SPEC, str(exc)), now, retry=False)
-    deployment = await api.apply(desired)
-    workload = Workload.from_object(deployment, spec.replicas)
+    if (pool_status.get("unplaced") or 0) == (previous.unplaced or 0):
+        # Spilling and reopening are one-off transitions; a shortfall is told once, when it changes.
+        pool_notes = [n for n in pool_notes if n.reason != "InsufficientCapacity"]
+    workload = Workload.total(applied, desired)
     status = compute(generation=resource.generation, previous=resource.conditions, now=now, workload=workload)
-    return Result({**status, **extra, "endpoint": announced_endpoint(spec, service.get("status"))})
+    return Result(
+        {
+            **status,
+            **extra,
+            **scale_status,
+            **pool_status,
+            "endpoint": announced_endpoint(spec, service.get("status")),
+        },
+        notes=(*notes, *pool_notes),
+    )
 
 
-async def reconcile_validator(api: Api, resource: Resource, now: str) -> Result:
+async def reconcile_validator(api: Api, resource: Resource, now: str, scaling: ScalingState) -> Result:
     spec = parse_validator(resource)
     if isinstance(spec, Failure):
         return _failed(resource, spec, now, retry=False)
@@ -181,15 +224,26 @@ def children(kind: str, name: str, namespace: str) -> list[str]:
     among none of them, and the caller deletes only what carries the resource's uid as its owner.
     """
     if kind == "QuasarMiner":
+        # Each pool's Deployment too: `cleanup_paths` adds those it finds by label.
         base = f"{name}-miner"
         return [
             object_path("Deployment", namespace, base),
             object_path("Service", namespace, base),
             object_path("Service", namespace, f"{base}-metrics"),
+            object_path("PodDisruptionBudget", namespace, base),
             object_path("PersistentVolumeClaim", namespace, f"{base}-cache"),
         ]
     base = f"{name}-validator"
     return [object_path("StatefulSet", namespace, base), object_path("Service", namespace, base)]
+
+
+async def cleanup_paths(api: Api, kind: str, name: str, namespace: str) -> list[str]:
+    """`children`, and the Deployments of pools, found by the miner's labels (the spec may not parse)."""
+    paths = children(kind, name, namespace)
+    if kind == "QuasarMiner":
+        found = await api.list(object_path("Deployment", namespace), owned_deployments_selector(name))
+        paths += [object_path("Deployment", namespace, d["metadata"]["name"]) for d in found]
+    return list(dict.fromkeys(paths))
 
 
 def owned_by(obj: Obj, uid: str) -> bool:

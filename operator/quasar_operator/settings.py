@@ -36,6 +36,10 @@ class Settings:
     # Every resource is re-applied this often even without an event: a child edited or deleted by hand
     # is repaired within this interval.
     drift_interval: float = 60.0
+    # Miners with an autoscaler or pools are reconciled this often: their metrics read, their pools checked.
+    scale_interval: float = 15.0
+    # How long one listing of the cluster's Nodes and Pods (for free GPUs) serves every miner's reconcile.
+    cluster_ttl: float = 5.0
     # Backoff before retrying a resource whose wallet Secret is missing (it may be created any moment).
     retry_delay: float = 30.0
     # Seconds an API request to the operator's own client may take.
@@ -57,5 +61,7 @@ class Settings:
                 env, "QUASAR_OPERATOR_WATCH_CLIENT_TIMEOUT", cls.watch_client_timeout
             ),
             drift_interval=_float(env, "QUASAR_OPERATOR_DRIFT_INTERVAL", cls.drift_interval),
+            scale_interval=_float(env, "QUASAR_OPERATOR_SCALE_INTERVAL", cls.scale_interval),
+            cluster_ttl=_float(env, "QUASAR_OPERATOR_CLUSTER_TTL", cls.cluster_ttl),
             retry_delay=_float(env, "QUASAR_OPERATOR_RETRY_DELAY", cls.retry_delay),
         )

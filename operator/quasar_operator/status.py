@@ -47,6 +47,17 @@ class Workload:
             updated=int(status.get("updatedReplicas") or 0),
         )
 
+    @classmethod
+    def total(cls, objs: Sequence[Obj], desired: int) -> "Workload":
+        """Several Deployments (one per pool) as one workload."""
+        parts = [cls.from_object(obj, 0) for obj in objs]
+        return cls(
+            desired=desired,
+            replicas=sum(p.replicas for p in parts),
+            ready=sum(p.ready for p in parts),
+            updated=sum(p.updated for p in parts),
+        )
+
     @property
     def rolled_out(self) -> bool:
         # Old pods still running (replicas above desired) mean the rollout has not finished.

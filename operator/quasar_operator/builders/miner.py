@@ -27,7 +27,7 @@ from quasar_operator.builders.common import (
     wallet_args,
     wallet_volume,
 )
-from quasar_operator.models import AXON_PORT, QuasarMinerSpec
+from quasar_operator.models import AXON_PORT, GPU_RESOURCE, PoolSpec, QuasarMinerSpec
 
 KIND = "QuasarMiner"
 
@@ -45,6 +45,9 @@ PRESTOP_SLEEP_S = 15
 TERMINATION_GRACE_S = PRESTOP_SLEEP_S + ENGINE_DRAIN_S + 15
 STARTUP_PROBE_PERIOD_S = 10
 CACHE_MOUNT = "/data"  # the TGI image's HF_HOME
+# The label that tells the pools' pods apart: each pool's Deployment selects on it too, so no two
+# Deployments ever claim the same pods.
+POOL_LABEL = "quasar.ai/pool"
 
 
 @dataclass(frozen=True)
@@ -64,17 +67,48 @@ class MinerNames:
     service: str
     metrics_service: str
     cache_claim: str
+    disruption_budget: str
+    # The Deployment of each pool in spec.placement, by pool name.
+    pool_deployments: dict[str, str]
+
+
+def pool_deployment_name(name: str, pool: str) -> str:
+    return child_name(Owner(KIND, name, "", ""), f"miner-{pool}")
 
 
 def miner_names(name: str, spec: QuasarMinerSpec) -> MinerNames:
     """Every object name, all checked at once so that a name too long fails every builder the same way."""
     owner = Owner(KIND, name, "", "")
+    pools = spec.placement.pools if spec.placement is not None else []
     return MinerNames(
         deployment=child_name(owner, "miner"),
         service=child_name(owner, "miner"),
         metrics_service=child_name(owner, "miner-metrics"),
         cache_claim=spec.cache.existing_claim or child_name(owner, "miner-cache"),
+        disruption_budget=child_name(owner, "miner"),
+        pool_deployments={pool.name: pool_deployment_name(name, pool.name) for pool in pools},
     )
+
+
+def for_pool(spec: QuasarMinerSpec, pool: PoolSpec) -> QuasarMinerSpec:
+    """The spec as one pool runs it: its engine overrides and scheduling merged over the miner's own."""
+    overrides = pool.model.model_dump(exclude_none=True)
+    model = spec.model.model_copy(update=overrides)
+    if (
+        pool.model.gpus_per_replica is not None
+        and pool.model.shards is None
+        and spec.model.shards is not None
+    ):
+        # The miner's shard count was chosen for its own GPU count; here the pool's applies.
+        model = model.model_copy(update={"shards": None})
+    pod = spec.pod.model_copy(
+        update={
+            "node_selector": {**spec.pod.node_selector, **pool.node_selector},
+            "tolerations": [*spec.pod.tolerations, *pool.tolerations],
+            "affinity": pool.affinity if pool.affinity is not None else spec.pod.affinity,
+        }
+    )
+    return spec.model_copy(update={"model": model, "pod": pod})
 
 
 def miner_selector(name: str) -> str:
@@ -121,11 +155,16 @@ def _check_ports(spec: QuasarMinerSpec) -> None:
         )
 
 
+def most_replicas(spec: QuasarMinerSpec) -> int:
+    """The most replicas the spec can ask for: its autoscaler's maximum, or spec.replicas."""
+    return spec.autoscaling.max_replicas if spec.autoscaling is not None else spec.replicas
+
+
 def _check_cache(spec: QuasarMinerSpec) -> None:
-    if spec.cache.access_mode == "ReadWriteOncePod" and spec.replicas > 1:
+    if spec.cache.access_mode == "ReadWriteOncePod" and most_replicas(spec) > 1:
         raise BuildError(
             "spec.cache.accessMode",
-            f"ReadWriteOncePod lets one pod mount the cache, but replicas is {spec.replicas}",
+            f"ReadWriteOncePod lets one pod mount the cache, but up to {most_replicas(spec)} replicas run",
         )
 
 
@@ -164,9 +203,8 @@ def engine_args(spec: QuasarMinerSpec) -> list[str]:
     ]
 
 
-def _engine_resources(spec: QuasarMinerSpec) -> Obj:
+def _engine_resources(spec: QuasarMinerSpec, gpu: str) -> Obj:
     # gpusPerReplica is the one source of the GPU count; a GPU request elsewhere in the spec is overridden.
-    gpu = "nvidia.com/gpu"
     requests = {k: v for k, v in spec.engine.resources.requests.items() if k != gpu}
     limits = {k: v for k, v in spec.engine.resources.limits.items() if k != gpu}
     if spec.model.gpus_per_replica:
@@ -178,7 +216,7 @@ def _prestop() -> Obj:
     return {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}}
 
 
-def engine_container(spec: QuasarMinerSpec) -> Obj:
+def engine_container(spec: QuasarMinerSpec, gpu_resource: str = GPU_RESOURCE) -> Obj:
     engine = spec.engine
     env: list[Obj] = [{"name": "HF_HOME", "value": CACHE_MOUNT}]
     token = spec.cache.hf_token_secret
@@ -194,7 +232,7 @@ def engine_container(spec: QuasarMinerSpec) -> Obj:
             {"name": "engine", "containerPort": engine.port, "protocol": "TCP"},
             {"name": "engine-metrics", "containerPort": ENGINE_METRICS_PORT, "protocol": "TCP"},
         ],
-        "resources": _engine_resources(spec),
+        "resources": _engine_resources(spec, gpu_resource),
         "volumeMounts": [
             {"name": "cache", "mountPath": CACHE_MOUNT},
             {"name": "shm", "mountPath": "/dev/shm"},
@@ -298,12 +336,32 @@ def _strategy(spec: QuasarMinerSpec) -> Obj:
     return {"type": "Recreate"}
 
 
-def miner_deployment(name: str, namespace: str, uid: str, spec: QuasarMinerSpec, endpoint: Endpoint) -> Obj:
-    """The engine + miner pods; `endpoint` is what `miner_endpoint` found for the Service."""
+def miner_deployment(
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: QuasarMinerSpec,
+    endpoint: Endpoint,
+    *,
+    pool: PoolSpec | None = None,
+    replicas: int | None = None,
+) -> Obj:
+    """The engine + miner pods; `endpoint` is what `miner_endpoint` found for the Service.
+
+    Without `pool`, the miner's one Deployment (`<name>-miner`); with one, that pool's
+    (`<name>-miner-<pool>`), its pods labelled with the pool and scheduled on it. `replicas` defaults to
+    spec.replicas.
+    """
     _check_ports(spec)
     _check_cache(spec)
     owner = Owner(KIND, name, namespace, uid)
     names = miner_names(name, spec)
+    deployment_name, selector, gpu = names.deployment, selector_labels(owner), GPU_RESOURCE
+    if pool is not None:
+        deployment_name = names.pool_deployments[pool.name]
+        selector = {**selector, POOL_LABEL: pool.name}
+        gpu = pool.gpu_resource
+        spec = for_pool(spec, pool)
     volumes = [
         {"name": "cache", "persistentVolumeClaim": {"claimName": names.cache_claim}},
         # NCCL exchanges tensors between shards through shared memory; the container default is 64 MB.
@@ -312,9 +370,9 @@ def miner_deployment(name: str, namespace: str, uid: str, spec: QuasarMinerSpec,
         tmp_volume()[0],
     ]
     template = {
-        "metadata": {"labels": labels(owner)},
+        "metadata": {"labels": {**labels(owner), **selector}},
         "spec": {
-            "containers": [engine_container(spec), miner_container(spec, endpoint)],
+            "containers": [engine_container(spec, gpu), miner_container(spec, endpoint)],
             "volumes": volumes,
             "securityContext": pod_security_context(),
             "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
@@ -326,10 +384,10 @@ def miner_deployment(name: str, namespace: str, uid: str, spec: QuasarMinerSpec,
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": metadata(owner, names.deployment),
+        "metadata": metadata(owner, deployment_name),
         "spec": {
-            "replicas": spec.replicas,
-            "selector": {"matchLabels": selector_labels(owner)},
+            "replicas": spec.replicas if replicas is None else replicas,
+            "selector": {"matchLabels": selector},
             "strategy": _strategy(spec),
             # The default 10 minutes would report a rollout as failed while the model is still loading.
             "progressDeadlineSeconds": spec.engine.startup_timeout_seconds + 600,
@@ -397,4 +455,20 @@ def miner_cache_claim(name: str, namespace: str, uid: str, spec: QuasarMinerSpec
         "kind": "PersistentVolumeClaim",
         "metadata": metadata(owner, miner_names(name, spec).cache_claim),
         "spec": claim,
+    }
+
+
+def miner_disruption_budget(name: str, namespace: str, uid: str, spec: QuasarMinerSpec) -> Obj:
+    """At most one of the miner's pods, over every pool, evicted at a time (node drains, spot reclaims
+    announced through the eviction API); a pod that is not ready may always go, so it never blocks a drain."""
+    owner = Owner(KIND, name, namespace, uid)
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(owner, miner_names(name, spec).disruption_budget),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(owner)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
     }

@@ -1,0 +1,132 @@
+"""What the operator reads to scale and place miners: their pods, the cluster's GPU nodes, the engines' load.
+
+The edge of the scaling code: API reads and HTTP scrapes here, every decision in the pure modules
+(`autoscaler`, `placement`, `capacity`).
+
+- The cluster view (every Node and every Pod, for free GPUs) is listed at most once per `cluster_ttl` and
+  shared by all miners' reconciles: with hundreds of miners, one list per period instead of one per miner.
+- Engine metrics are scraped from each ready pod's `engine-metrics` container port (TGI's Prometheus
+  endpoint) concurrently, each with a short timeout; a pod that does not answer simply does not report.
+"""
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from quasar_operator.apply import ALL_PODS_PATH, NODES_PATH, object_path
+from quasar_operator.capacity import pod_ready
+
+Obj = dict[str, Any]
+
+# The autoscaling metrics, as TGI names them.
+GAUGES = {"queueSize": "tgi_queue_size", "batchSize": "tgi_batch_current_size"}
+QUEUE_DURATION = "tgi_request_queue_duration"
+METRICS_PORT_NAME = "engine-metrics"
+# A pod's last queue-duration totals are forgotten after this long without a read (the pod is gone).
+FORGET_AFTER_S = 3600.0
+
+
+class Lister(Protocol):
+    async def list(self, path: str, label_selector: dict[str, str] | None = None) -> list[Obj]: ...
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    nodes: list[Obj]
+    pods: list[Obj]
+
+
+def live(pods: Sequence[Obj]) -> list[Obj]:
+    """Pods not being deleted: a terminating pod is draining, not serving nor waiting to be placed."""
+    return [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+
+
+def metrics_address(pod: Obj) -> str | None:
+    ip = (pod.get("status") or {}).get("podIP")
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == METRICS_PORT_NAME and ip:
+                host = f"[{ip}]" if ":" in ip else ip
+                return f"http://{host}:{port['containerPort']}/metrics"
+    return None
+
+
+def read_metric(text: str, metric: str) -> float | tuple[float, float] | None:
+    """A gauge's value, or for queueTime the queue-duration histogram's (sum, count); None when absent."""
+    wanted = GAUGES.get(metric, QUEUE_DURATION)
+    for family in text_string_to_metric_families(text):
+        if family.name != wanted:
+            continue
+        if metric in GAUGES:
+            return sum(sample.value for sample in family.samples)
+        sums = sum(s.value for s in family.samples if s.name.endswith("_sum"))
+        counts = sum(s.value for s in family.samples if s.name.endswith("_count"))
+        return sums, counts
+    return None
+
+
+@dataclass
+class Observer:
+    """Reads for the scaling decisions, with the little memory they need between reconciles."""
+
+    cluster_ttl: float = 5.0
+    scrape_timeout: float = 5.0
+    _cluster: ClusterView | None = None
+    _cluster_at: float = 0.0
+    _cluster_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # queueTime: each pod's histogram (sum, count) at the last scrape, so the mean covers the interval.
+    _queue_totals: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    _session: aiohttp.ClientSession | None = None
+
+    async def pods(self, api: Lister, namespace: str, selector: dict[str, str]) -> list[Obj]:
+        return live(await api.list(object_path("Pod", namespace), selector))
+
+    async def cluster(self, api: Lister) -> ClusterView:
+        async with self._cluster_lock:
+            if self._cluster is None or time.monotonic() - self._cluster_at >= self.cluster_ttl:
+                nodes, pods = await asyncio.gather(api.list(NODES_PATH), api.list(ALL_PODS_PATH))
+                self._cluster, self._cluster_at = ClusterView(nodes, pods), time.monotonic()
+            return self._cluster
+
+    async def metric(self, pods: Sequence[Obj], metric: str) -> list[float]:
+        """The metric of every ready pod that answered."""
+        targets = [(p, metrics_address(p)) for p in pods if pod_ready(p)]
+        read = await asyncio.gather(*(self._scrape(url, metric) for _, url in targets if url))
+        values = []
+        for (pod, _), value in zip([t for t in targets if t[1]], read, strict=True):
+            if isinstance(value, tuple):
+                value = self._queue_time((pod.get("metadata") or {}).get("uid", ""), value)
+            if value is not None:
+                values.append(value)
+        return values
+
+    def _queue_time(self, uid: str, totals: tuple[float, float]) -> float | None:
+        now = time.monotonic()
+        before = self._queue_totals.get(uid)
+        self._queue_totals = {k: v for k, v in self._queue_totals.items() if now - v[2] < FORGET_AFTER_S}
+        self._queue_totals[uid] = (*totals, now)
+        if before is None or totals[1] < before[1]:
+            return None  # the first read, or the engine restarted: no interval to average over yet
+        served = totals[1] - before[1]
+        return (totals[0] - before[0]) / served if served else 0.0
+
+    async def _scrape(self, url: str, metric: str) -> float | tuple[float, float] | None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.scrape_timeout))
+        try:
+            async with self._session.get(url) as response:
+                if response.status != 200:
+                    return None
+                return read_metric(await response.text(), metric)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

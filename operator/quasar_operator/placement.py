@@ -1,0 +1,117 @@
+"""Which pool runs how many replicas: a pure function of the desired count and what each pool shows now.
+
+1. Full pools. A pool whose replica has been unschedulable for `spillAfterSeconds` becomes full: it keeps
+   the replicas it runs and gets no more. It takes replicas again once free GPUs show there and it has been
+   full for as long, so a pool that keeps refusing pods despite free GPUs is retried at that pace, no faster.
+2. Room. A pool's room is what it runs plus what fits on its free GPUs, within its maxReplicas; a pool whose
+   nodes come from a cluster autoscaler has room up to its maxReplicas (its pending pods are what make the
+   autoscaler add nodes).
+3. Fill in order of preference. What no pool has room for goes to the first pool that is not full and is
+   under its maxReplicas, where it waits (and spills after the grace period); what is left is unplaced.
+4. Make before break. A pool above its share gives up its not-ready replicas at once, but its ready ones
+   only while the ready replicas elsewhere cover the desired count: a replica moving back to a preferred
+   pool starts there first, and the old one drains only once the new one is ready.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """One pool as observed now. `free`: further replicas that fit on its free GPUs (None: not observed)."""
+
+    name: str
+    max_replicas: int
+    replicas: int  # the Deployment's replicas now
+    ready: int
+    scheduled: int  # replicas bound to a node
+    unschedulable_since: float | None  # the oldest unschedulable replica's time (epoch seconds)
+    free: int | None
+    full_since: float | None
+
+
+@dataclass(frozen=True)
+class PoolShare:
+    name: str
+    replicas: int
+    full_since: float | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    shares: tuple[PoolShare, ...]
+    unplaced: int
+    spilled: tuple[str, ...]  # pools found full by this plan
+    reopened: tuple[str, ...]  # full pools that take replicas again
+
+    def replicas(self, name: str) -> int:
+        return next(s.replicas for s in self.shares if s.name == name)
+
+
+def _full_since(pool: PoolView, now: float, spill_after: float) -> float | None:
+    if pool.full_since is None:
+        stuck = pool.unschedulable_since is not None and now - pool.unschedulable_since >= spill_after
+        return now if stuck else None
+    room_again = bool(pool.free) and now - pool.full_since >= spill_after
+    return None if room_again else pool.full_since
+
+
+def _room(pool: PoolView, full: bool) -> int:
+    if full:
+        return min(pool.max_replicas, pool.scheduled)
+    if pool.free is None:
+        return pool.max_replicas
+    return min(pool.max_replicas, pool.scheduled + pool.free)
+
+
+def _fill(desired: int, pools: Sequence[PoolView], full: Sequence[bool]) -> tuple[list[int], int]:
+    shares = []
+    remaining = desired
+    for pool, is_full in zip(pools, full, strict=True):
+        take = min(remaining, _room(pool, is_full))
+        shares.append(take)
+        remaining -= take
+    for i, (pool, is_full) in enumerate(zip(pools, full, strict=True)):
+        if remaining and not is_full and shares[i] < pool.max_replicas:
+            extra = min(remaining, pool.max_replicas - shares[i])
+            shares[i] += extra
+            remaining -= extra
+    return shares, remaining
+
+
+def _make_before_break(desired: int, pools: Sequence[PoolView], shares: list[int]) -> list[int]:
+    spare_ready = max(0, sum(p.ready for p in pools) - desired)
+    result = list(shares)
+    # The least preferred pools give up replicas first.
+    for i in reversed(range(len(pools))):
+        pool = pools[i]
+        cut = pool.replicas - shares[i]
+        if cut <= 0:
+            continue
+        not_ready = min(cut, max(0, pool.replicas - pool.ready))
+        ready = min(cut - not_ready, spare_ready)
+        spare_ready -= ready
+        result[i] = pool.replicas - not_ready - ready
+    return result
+
+
+def plan(desired: int, pools: Sequence[PoolView], now: float, spill_after: float) -> Plan:
+    """Each pool's replicas for `desired` in all; `pools` most preferred first (retired pools last, with
+    maxReplicas 0)."""
+    full_since = [_full_since(pool, now, spill_after) for pool in pools]
+    shares, unplaced = _fill(desired, pools, [since is not None for since in full_since])
+    final = _make_before_break(desired, pools, shares)
+    return Plan(
+        shares=tuple(
+            PoolShare(pool.name, replicas, since)
+            for pool, replicas, since in zip(pools, final, full_since, strict=True)
+        ),
+        unplaced=unplaced,
+        spilled=tuple(
+            p.name for p, s in zip(pools, full_since, strict=True) if p.full_since is None and s is not None
+        ),
+        reopened=tuple(
+            p.name for p, s in zip(pools, full_since, strict=True) if p.full_since is not None and s is None
+        ),
+    )

@@ -1,0 +1,285 @@
+"""The miner's replicas: how many (the autoscaler) and where (placement), as steps of its reconcile.
+
+1. `desired_replicas`: spec.replicas (fixed, or written by an HPA/KEDA in external mode), or the operator's
+   autoscaler over the engines' metrics; always within min/max.
+2. `place`: each pool's Deployment and its replica count from the pools' observed state; Deployments of
+   pools no longer in the spec (or the single Deployment of a miner that gained pools) drain through the
+   same make-before-break plan and are deleted once empty.
+
+Without `spec.placement` the miner has one implicit pool: its `<name>-miner` Deployment, scheduled by
+`spec.pod`. The operator never writes the resource's spec; what it decides goes to the status.
+"""
+
+import datetime
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import ValidationError
+
+from quasar_operator import autoscaler, capacity, placement
+from quasar_operator.apply import object_path
+from quasar_operator.builders.common import Owner, selector_labels
+from quasar_operator.builders.miner import KIND, POOL_LABEL, Endpoint, for_pool, miner_deployment, miner_names
+from quasar_operator.models import MinerStatus, PoolSpec, QuasarMinerSpec
+from quasar_operator.observe import Lister, Observer
+
+Obj = dict[str, Any]
+IMPLICIT_POOL = ""
+
+
+class Api(Lister, Protocol):
+    async def apply(self, desired: Obj) -> Obj: ...
+
+    async def merge_patch(self, path: str, patch: Obj) -> Obj | None: ...
+
+    async def delete(self, path: str) -> bool: ...
+
+
+@dataclass
+class ScalingState:
+    """What the operator keeps in memory between reconciles: the observer and each miner's recent
+    recommendations (a restart starts them afresh, which only delays a scale-down by one window)."""
+
+    observer: Observer = field(default_factory=Observer)
+    history: dict[str, tuple[autoscaler.Recommendation, ...]] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
+
+
+@dataclass(frozen=True)
+class Note:
+    """An Event to post about the resource."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Scaled:
+    status: Obj  # desiredReplicas, metricValue, lastScale, pools, unplaced
+    applied: list[Obj]  # the Deployments as the API server returned them
+    desired: int
+    notes: list[Note]
+
+
+def previous_status(status: Mapping[str, Any]) -> MinerStatus:
+    try:
+        return MinerStatus.model_validate(status)
+    except ValidationError:
+        return MinerStatus.model_validate({})  # a status this operator cannot read is recomputed, not trusted
+
+
+def rfc3339(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch(value: str | None) -> float | None:
+    return None if not value else datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+async def desired_replicas(
+    api: Api,
+    state: ScalingState,
+    uid: str,
+    owner: Owner,
+    spec: QuasarMinerSpec,
+    previous: MinerStatus,
+    now: float,
+) -> tuple[int, Obj, list[Note]]:
+    """The replicas to run, the status fields that explain them, and an Event when they changed."""
+    scaling = spec.autoscaling
+    if scaling is None:
+        return spec.replicas, {"desiredReplicas": spec.replicas}, []
+    current = previous.desired_replicas if previous.desired_replicas is not None else spec.replicas
+    if scaling.mode == "external":
+        wanted = autoscaler.clamp(spec.replicas, scaling)
+        reason = f"spec.replicas {spec.replicas} (external autoscaler), within [{scaling.min_replicas}, "
+        decision = autoscaler.Decision(wanted, reason + f"{scaling.max_replicas}]", (), None)
+    else:
+        pods = await state.observer.pods(api, owner.namespace, selector_labels(owner))
+        last = previous.last_scale
+        down_at = epoch(last.time) if last is not None and last.replicas_to < last.replicas_from else None
+        decision = autoscaler.decide(
+            spec=scaling,
+            values=await state.observer.metric(pods, scaling.metric),
+            current=current,
+            history=state.history.get(uid, ()),
+            now=now,
+            last_scale_down=down_at,
+        )
+        state.history[uid] = decision.history
+    status: Obj = {"desiredReplicas": decision.replicas, "metricValue": decision.metric_value}
+    if decision.replicas == current:
+        return decision.replicas, status, []
+    status["lastScale"] = {
+        "time": rfc3339(now),
+        "replicasFrom": current,
+        "replicasTo": decision.replicas,
+        "reason": decision.reason,
+    }
+    return decision.replicas, status, [Note("Normal", "Scaled", decision.reason)]
+
+
+def _replicas(deployment: Obj | None) -> tuple[int, int]:
+    """A Deployment's (spec.replicas, status.readyReplicas)."""
+    if deployment is None:
+        return 0, 0
+    return int((deployment.get("spec") or {}).get("replicas") or 0), int(
+        (deployment.get("status") or {}).get("readyReplicas") or 0
+    )
+
+
+def _pool_free(spec: QuasarMinerSpec, pool: PoolSpec, cluster: Any) -> int | None:
+    effective = for_pool(spec, pool)
+    gpus = effective.model.gpus_per_replica
+    if pool.node_autoscaling or gpus == 0:
+        return None
+    shape = capacity.PoolScheduling(
+        node_selector=effective.pod.node_selector,
+        affinity=effective.pod.affinity,
+        tolerations=effective.pod.tolerations,
+        gpu_resource=pool.gpu_resource,
+        gpus_per_replica=gpus,
+    )
+    return capacity.free_replicas(cluster.nodes, capacity.used_gpus(cluster.pods, pool.gpu_resource), shape)
+
+
+async def _pool_views(
+    api: Api,
+    state: ScalingState,
+    owner: Owner,
+    spec: QuasarMinerSpec,
+    desired: int,
+    live: Mapping[str, Obj],
+    previous: MinerStatus,
+    now: float,
+) -> list[placement.PoolView]:
+    names = miner_names(owner.name, spec)
+    if spec.placement is None:
+        replicas, ready = _replicas(live.get(names.deployment))
+        return [placement.PoolView(IMPLICIT_POOL, desired, replicas, ready, replicas, None, None, None)]
+    cluster = await state.observer.cluster(api)
+    pods = await state.observer.pods(api, owner.namespace, selector_labels(owner))
+    before = {p.name: p for p in previous.pools}
+    views = []
+    for pool in spec.placement.pools:
+        replicas, ready = _replicas(live.get(names.pool_deployments[pool.name]))
+        counts = capacity.count_pods([p for p in pods if _pool_of(p) == pool.name], now)
+        old = before.get(pool.name)
+        views.append(
+            placement.PoolView(
+                name=pool.name,
+                max_replicas=pool.max_replicas,
+                replicas=replicas,
+                ready=ready,
+                scheduled=counts.scheduled,
+                unschedulable_since=counts.unschedulable_since,
+                free=_pool_free(spec, pool, cluster),
+                full_since=epoch(old.full_since) if old is not None else None,
+            )
+        )
+    return views
+
+
+def _pool_of(pod: Obj) -> str | None:
+    return ((pod.get("metadata") or {}).get("labels") or {}).get(POOL_LABEL)
+
+
+def _retired_views(retired: Mapping[str, Obj]) -> list[placement.PoolView]:
+    views = []
+    for name, deployment in retired.items():
+        replicas, ready = _replicas(deployment)
+        views.append(placement.PoolView(name, 0, replicas, ready, replicas, None, 0, None))
+    return views
+
+
+async def place(
+    api: Api,
+    state: ScalingState,
+    owner: Owner,
+    spec: QuasarMinerSpec,
+    endpoint: Endpoint,
+    desired: int,
+    owned: list[Obj],
+    previous: MinerStatus,
+    now: float,
+) -> tuple[list[Obj], Obj, list[Note]]:
+    """Apply each pool's Deployment; drain and delete retired ones. `owned`: the miner's Deployments."""
+    names = miner_names(owner.name, spec)
+    wanted = names.pool_deployments if spec.placement is not None else {IMPLICIT_POOL: names.deployment}
+    live = {d["metadata"]["name"]: d for d in owned}
+    retired = {name: d for name, d in live.items() if name not in wanted.values()}
+    views = await _pool_views(api, state, owner, spec, desired, live, previous, now)
+    views += _retired_views(retired)
+    spill_after = spec.placement.spill_after_seconds if spec.placement is not None else 0
+    plan = placement.plan(desired, views, now, spill_after)
+    pools = {pool.name: pool for pool in spec.placement.pools} if spec.placement is not None else {}
+    applied = []
+    for pool_name in wanted:
+        built = miner_deployment(
+            owner.name,
+            owner.namespace,
+            owner.uid,
+            spec,
+            endpoint,
+            pool=pools.get(pool_name),
+            replicas=plan.replicas(pool_name),
+        )
+        applied.append(await api.apply(built))
+    for name, deployment in retired.items():
+        await _drain(api, owner, name, deployment, plan.replicas(name))
+    return applied, _placement_status(spec, plan, views, applied), _placement_notes(plan, desired)
+
+
+async def _drain(api: Api, owner: Owner, name: str, deployment: Obj, replicas: int) -> None:
+    path = object_path("Deployment", owner.namespace, name)
+    pods_left = int((deployment.get("status") or {}).get("replicas") or 0)
+    if replicas == 0 and pods_left == 0:
+        await api.delete(path)
+    elif _replicas(deployment)[0] != replicas:
+        await api.merge_patch(path, {"spec": {"replicas": replicas}})
+
+
+def _placement_status(
+    spec: QuasarMinerSpec, plan: placement.Plan, views: list[placement.PoolView], applied: list[Obj]
+) -> Obj:
+    if spec.placement is None:
+        return {"unplaced": plan.unplaced}
+    by_name = {view.name: view for view in views}
+    shares = {share.name: share for share in plan.shares}
+    pools = []
+    for pool, deployment in zip(spec.placement.pools, applied, strict=True):
+        view, share = by_name[pool.name], shares[pool.name]
+        status = deployment.get("status") or {}
+        pools.append(
+            {
+                "name": pool.name,
+                "desired": share.replicas,
+                "replicas": int(status.get("replicas") or 0),
+                "ready": int(status.get("readyReplicas") or 0),
+                "pending": max(0, view.replicas - view.scheduled),
+                "free": view.free,
+                "spot": pool.spot,
+                "fullSince": None if share.full_since is None else rfc3339(share.full_since),
+            }
+        )
+    return {"pools": pools, "unplaced": plan.unplaced}
+
+
+def _placement_notes(plan: placement.Plan, desired: int) -> list[Note]:
+    notes = [
+        Note("Warning", "PoolFull", f"pool {name} cannot schedule more replicas: spilling to the next pool")
+        for name in plan.spilled
+    ]
+    notes += [Note("Normal", "PoolReopened", f"pool {name} has free GPUs again") for name in plan.reopened]
+    if plan.unplaced:
+        notes.append(
+            Note("Warning", "InsufficientCapacity", f"{plan.unplaced} of {desired} replicas fit in no pool")
+        )
+    return notes
+
+
+def owned_deployments_selector(name: str) -> dict[str, str]:
+    return selector_labels(Owner(KIND, name, "", ""))

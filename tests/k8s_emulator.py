@@ -6,6 +6,9 @@ kmock emulates an API server in memory over HTTP; kopf runs against it with thes
 2. Objects get `metadata.uid`, `resourceVersion`, `generation` and `creationTimestamp`, which kmock
    never sets: kopf compares resource versions after its patches, and the status reports the generation.
 3. A JSON patch whose `test` operation fails answers 422, as a real API server does, not 500.
+4. For benchmarks only (`log_requests=False`): kmock matches every request against its whole request log,
+   so N requests cost O(N²) in the emulator, which would be measured as the operator's time. Without the
+   log, only the requests still being served are kept; what is served does not change.
 
 What kmock does not emulate, the tests must not lean on: there is no /status subresource (a status patch
 is a plain merge), no garbage collection (the operator's own cleanup deletes children; the tests check
@@ -46,7 +49,12 @@ RESOURCES = {
     "v1/persistentvolumeclaims": ("PersistentVolumeClaim", "persistentvolumeclaim"),
     "v1/secrets": ("Secret", "secret"),
     "v1/events": ("Event", "event"),
+    "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", "poddisruptionbudget"),
+    # Read for placement and autoscaling; written only by the simulated cluster (tests/sim_cluster.py).
+    "v1/pods": ("Pod", "pod"),
+    "v1/nodes": ("Node", "node"),
 }
+CLUSTER_SCOPED = ("Namespace", "Node")
 VERBS = ["list", "watch", "get", "create", "patch", "delete"]
 
 # The tests' own requests, told apart from the operator's (kopf's and its own client's).
@@ -59,11 +67,28 @@ TEST_SETTINGS = Settings(
 
 
 class Emulator(kmock.KubernetesEmulator):
-    """Adaptation 2: the metadata a real API server sets on every write."""
+    """Adaptations 2 to 4."""
 
     _versions = itertools.count(1)
 
+    def __init__(self, *, log_requests: bool = True) -> None:
+        super().__init__()
+        self.log_requests = log_requests
+        self._serving: list[kmock.Request] = []
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if self.log_requests:
+            return await self._serve(request)
+        # Adaptation 4: kmock appended `request` to its log just before; keep only what is in flight.
+        self._serving.append(request)
+        self._requests[:] = self._serving
+        try:
+            return await self._serve(request)
+        finally:
+            self._serving = [r for r in self._serving if r is not request]
+
+    async def _serve(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """Adaptations 2 and 3: the metadata a real API server sets on every write, 422 on a failed test."""
         data = request.data
         if request.resource is not None and isinstance(data, list):
             # A JSON patch (kopf's finalizers and progress annotations) moves the version too.
@@ -94,11 +119,11 @@ class Emulator(kmock.KubernetesEmulator):
 
 
 @contextlib.asynccontextmanager
-async def emulator() -> AsyncIterator[Emulator]:
-    async with Emulator() as server, kmock.Server(server):
+async def emulator(*, log_requests: bool = True) -> AsyncIterator[Emulator]:
+    async with Emulator(log_requests=log_requests) as server, kmock.Server(server):
         for key, (kind, singular) in RESOURCES.items():
             server.resources[key] = kmock.ResourceInfo(
-                kind=kind, singular=singular, namespaced=kind != "Namespace", verbs=VERBS
+                kind=kind, singular=singular, namespaced=kind not in CLUSTER_SCOPED, verbs=VERBS
             )
         yield server
 

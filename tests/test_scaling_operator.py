@@ -1,0 +1,201 @@
+"""Placement and autoscaling end to end: the real operator (kopf) against kmock's emulator, with a simulated
+cluster (tests/sim_cluster.py) of GPU nodes in labelled pools, whose scheduling and readiness the tests drive.
+"""
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from quasar_operator.apply import KubeApi, object_path
+
+from tests.k8s_emulator import TEST_AGENT, TEST_SETTINGS, Emulator, client, emulator, eventually, operator
+from tests.sim_cluster import POOL_LABEL, SimCluster, simulated
+from tests.test_operator import CRS, NS, miner, secret
+
+Obj = dict[str, Any]
+pytestmark = pytest.mark.asyncio
+SETTINGS = replace(TEST_SETTINGS, scale_interval=0.2, cluster_ttl=0.0)
+PATH = f"{CRS}/quasarminers/m1"
+
+
+def pool(name: str, max_replicas: int, **extra: Any) -> Obj:
+    return {"name": name, "nodeSelector": {POOL_LABEL: name}, "maxReplicas": max_replicas, **extra}
+
+
+def placed(pools: list[Obj], spill_after: int = 1, **spec: Any) -> Obj:
+    return miner(
+        "m1",
+        placement={"pools": pools, "spillAfterSeconds": spill_after},
+        cache={"accessMode": "ReadWriteMany"},
+        **spec,
+    )
+
+
+@pytest_asyncio.fixture
+async def cluster() -> AsyncIterator[tuple[Emulator, KubeApi, SimCluster]]:
+    """The operator itself runs inside each test: kopf, stopping, cancels tasks started after it, which
+    would include a fixture's teardown."""
+    async with emulator() as server, client(server) as api, simulated(api, NS) as sim:
+        await api.create(object_path("Secret", NS), secret())
+        yield server, api, sim
+
+
+async def pools_status(api: KubeApi) -> dict[str, Obj]:
+    body = await api.get(PATH)
+    return {p["name"]: p for p in ((body or {}).get("status") or {}).get("pools") or []}
+
+
+async def until_pools(api: KubeApi, want: dict[str, tuple[int, int]], what: str, timeout: float = 15) -> Obj:
+    """Wait until each pool has (desired, ready) as given."""
+
+    async def probe() -> dict[str, Obj] | None:
+        found = await pools_status(api)
+        ok = all(
+            name in found and (found[name]["desired"], found[name]["ready"]) == pair
+            for name, pair in want.items()
+        )
+        return found if ok else None
+
+    return await eventually(probe, timeout=timeout, what=what)
+
+
+async def deployment_replicas(api: KubeApi, name: str) -> int | None:
+    body = await api.get(object_path("Deployment", NS, name))
+    return None if body is None else int(body["spec"]["replicas"])
+
+
+def events(server: Emulator, reason: str) -> list[Obj]:
+    """Events posted (from the request log: kmock ignores generateName, so it stores only the first)."""
+    return [
+        r.data
+        for r in server
+        if r.method == "POST"
+        and r.resource is not None
+        and r.resource.plural == "events"
+        and isinstance(r.data, dict)
+        and r.data.get("reason") == reason
+    ]
+
+
+async def test_replicas_fill_the_first_pool_then_spill_to_the_next(cluster: Any) -> None:
+    server, api, sim = cluster
+    async with operator(server, SETTINGS):
+        await sim.add_nodes("h100", 2, gpus=1)
+        await sim.add_nodes("a100", 4, gpus=1)
+        await api.create(f"{CRS}/quasarminers", placed([pool("h100", 4), pool("a100", 4)], replicas=3))
+        status = await until_pools(
+            api, {"h100": (2, 2), "a100": (1, 1)}, "2 on h100 (its free GPUs), 1 on a100"
+        )
+        assert status["h100"]["free"] == 0 and status["a100"]["free"] == 3
+        assert await deployment_replicas(api, "m1-miner-h100") == 2
+        assert await deployment_replicas(api, "m1-miner-a100") == 1
+        body = await api.get(PATH)
+        assert body is not None and body["status"]["readyReplicas"] == 3 and body["status"]["unplaced"] == 0
+        # The pods carry their pool and are scheduled by its node selector.
+        pods = await api.list(object_path("Pod", NS))
+        assert sorted(p["metadata"]["labels"]["quasar.ai/pool"] for p in pods) == ["a100", "h100", "h100"]
+
+
+async def test_a_pool_that_refuses_pods_spills_after_the_grace_period(cluster: Any) -> None:
+    server, api, sim = cluster
+    async with operator(server, SETTINGS):
+        await sim.add_nodes("h100", 2, gpus=1)
+        await sim.add_nodes("a100", 2, gpus=1)
+        sim.refuse.add("h100")  # free GPUs show, yet the scheduler places nothing there
+        await api.create(
+            f"{CRS}/quasarminers", placed([pool("h100", 2), pool("a100", 2)], spill_after=2, replicas=2)
+        )
+        await eventually(
+            lambda: _pending(api, "h100", 2), what="both replicas waiting on h100 within the grace period"
+        )
+        status = await until_pools(api, {"h100": (0, 0), "a100": (2, 2)}, "spilled to a100")
+        assert status["h100"]["fullSince"]
+        assert events(server, "PoolFull")
+
+
+async def _pending(api: KubeApi, name: str, count: int) -> bool:
+    found = await pools_status(api)
+    return name in found and found[name]["pending"] == count
+
+
+async def test_capacity_returns_and_replicas_move_back_without_losing_ready_ones(cluster: Any) -> None:
+    server, api, sim = cluster
+    async with operator(server, SETTINGS):
+        await sim.add_nodes("h100", 2, gpus=1)
+        await sim.add_nodes("a100", 2, gpus=1)
+        sim.refuse.add("h100")
+        await api.create(
+            f"{CRS}/quasarminers", placed([pool("h100", 2), pool("a100", 2)], spill_after=2, replicas=2)
+        )
+        await until_pools(api, {"h100": (0, 0), "a100": (2, 2)}, "spilled to a100")
+        sim.loading.add("h100")  # new pods there load their model for a while
+        sim.refuse.clear()
+        await until_pools(api, {"h100": (2, 0)}, "h100 reopened: replicas start there", timeout=20)
+        # Not ready yet: a100 keeps both of its ready replicas.
+        for _ in range(10):
+            status = await pools_status(api)
+            assert status["a100"]["ready"] + status["h100"]["ready"] >= 2, status
+            assert await deployment_replicas(api, "m1-miner-a100") == 2
+        sim.loading.clear()
+        status = await until_pools(api, {"h100": (2, 2), "a100": (0, 0)}, "moved back to h100")
+        assert status["h100"]["fullSince"] is None
+        assert events(server, "PoolReopened")
+
+
+async def test_a_queue_spike_scales_up_and_the_count_stays_within_max(cluster: Any) -> None:
+    server, api, sim = cluster
+    async with operator(server, SETTINGS):
+        await sim.add_nodes("h100", 8, gpus=1)
+        autoscaling = {"minReplicas": 1, "maxReplicas": 4, "target": 2, "scaleDownStabilizationSeconds": 3600}
+        await api.create(
+            f"{CRS}/quasarminers", placed([pool("h100", 8)], autoscaling=autoscaling, replicas=1)
+        )
+        await until_pools(api, {"h100": (1, 1)}, "one replica at rest")
+        sim.load = 10.0  # ten requests queued per replica: 5x the target
+        await until_pools(api, {"h100": (4, 4)}, "scaled to maxReplicas")
+        body = await api.get(PATH)
+        assert body is not None
+        assert body["status"]["desiredReplicas"] == 4
+        assert (
+            body["status"]["lastScale"]["replicasTo"] == 4
+            and "queueSize" in body["status"]["lastScale"]["reason"]
+        )
+        assert body["spec"]["replicas"] == 1  # decided in the status, never written to the spec
+        assert events(server, "Scaled")
+        sim.load = 0.0  # the scale-down window (an hour) holds the count
+        ticks = sim.ticks
+        await eventually(lambda: _after(sim, ticks + 20), what="a while at rest")
+        assert (await pools_status(api))["h100"]["desired"] == 4
+
+
+async def _after(sim: SimCluster, ticks: int) -> bool:
+    return sim.ticks >= ticks
+
+
+async def test_external_mode_follows_spec_replicas_within_bounds_and_never_writes_them(cluster: Any) -> None:
+    server, api, sim = cluster
+    async with operator(server, SETTINGS):
+        await sim.add_nodes("h100", 4, gpus=1)
+        autoscaling = {"mode": "external", "minReplicas": 1, "maxReplicas": 3}
+        await api.create(
+            f"{CRS}/quasarminers", placed([pool("h100", 8)], autoscaling=autoscaling, replicas=2)
+        )
+        await until_pools(api, {"h100": (2, 2)}, "two replicas")
+        sim.load = 50.0  # the operator's own autoscaler is off: load changes nothing
+        await api.merge_patch(PATH, {"spec": {"replicas": 50}})  # what an HPA does through /scale
+        await until_pools(api, {"h100": (3, 3)}, "clamped to maxReplicas")
+        await api.merge_patch(PATH, {"spec": {"replicas": 0}})
+        await until_pools(api, {"h100": (1, 1)}, "clamped to minReplicas")
+        # The operator wrote the status and kopf's bookkeeping, never the spec: spec.replicas is the HPA's.
+        writes = [
+            [op["path"] for op in r.data] if isinstance(r.data, list) else [f"/{key}" for key in r.data]
+            for r in server
+            if r.headers.get("User-Agent") != TEST_AGENT
+            and r.resource is not None
+            and r.resource.plural == "quasarminers"
+            and r.method == "PATCH"
+        ]
+        assert writes
+        assert not [paths for paths in writes if any(p.startswith("/spec") for p in paths)]

@@ -1,4 +1,4 @@
-"""A simulated GPU cluster behind kmock's emulator: the controllers a real cluster runs and the emulator lacks.
+"""A simulated GPU cluster behind kmock's emulator: the controllers a real cluster has and the emulator lacks.
 
 kmock stores objects; nothing acts on them. For the placement and autoscaling tests, this module plays, over
 the API like the real components do:
@@ -179,7 +179,7 @@ class SimCluster:
 
     async def _start_server(self, name: str) -> int:
         async def metrics(_: web.Request) -> web.Response:
-            text = "# TYPE tgi_queue_size gauge\ntgi_queue_size {:g}\n".format(self.load)
+            text = f"# TYPE tgi_queue_size gauge\ntgi_queue_size {self.load:g}\n"
             return web.Response(text=text)
 
         app = web.Application()

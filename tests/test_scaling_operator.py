@@ -88,11 +88,14 @@ async def test_replicas_fill_the_first_pool_then_spill_to_the_next(cluster: Any)
         status = await until_pools(
             api, {"h100": (2, 2), "a100": (1, 1)}, "2 on h100 (its free GPUs), 1 on a100"
         )
-        assert status["h100"]["free"] == 0 and status["a100"]["free"] == 3
+        assert status["h100"]["free"] == 0
+        assert status["a100"]["free"] == 3
         assert await deployment_replicas(api, "m1-miner-h100") == 2
         assert await deployment_replicas(api, "m1-miner-a100") == 1
         body = await api.get(PATH)
-        assert body is not None and body["status"]["readyReplicas"] == 3 and body["status"]["unplaced"] == 0
+        assert body is not None
+        assert body["status"]["readyReplicas"] == 3
+        assert body["status"]["unplaced"] == 0
         # The pods carry their pool and are scheduled by its node selector.
         pods = await api.list(object_path("Pod", NS))
         assert sorted(p["metadata"]["labels"]["quasar.ai/pool"] for p in pods) == ["a100", "h100", "h100"]
@@ -158,10 +161,8 @@ async def test_a_queue_spike_scales_up_and_the_count_stays_within_max(cluster: A
         body = await api.get(PATH)
         assert body is not None
         assert body["status"]["desiredReplicas"] == 4
-        assert (
-            body["status"]["lastScale"]["replicasTo"] == 4
-            and "queueSize" in body["status"]["lastScale"]["reason"]
-        )
+        assert body["status"]["lastScale"]["replicasTo"] == 4
+        assert "queueSize" in body["status"]["lastScale"]["reason"]
         assert body["spec"]["replicas"] == 1  # decided in the status, never written to the spec
         assert events(server, "Scaled")
         sim.load = 0.0  # the scale-down window (an hour) holds the count

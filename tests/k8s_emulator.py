@@ -158,6 +158,18 @@ async def operator(server: Emulator, settings: Settings = TEST_SETTINGS) -> Asyn
         await asyncio.wait_for(task, 15)
 
 
+def operator_patches(server: Emulator, plural: str) -> list[list[str]]:
+    """The paths each PATCH by the operator (not the tests) touched in resources of `plural`."""
+    return [
+        [op["path"] for op in r.data] if isinstance(r.data, list) else [f"/{key}" for key in r.data]
+        for r in server
+        if r.headers.get("User-Agent") != TEST_AGENT
+        and r.resource is not None
+        and r.resource.plural == plural
+        and r.method == "PATCH"
+    ]
+
+
 @contextlib.asynccontextmanager
 async def client(server: Emulator) -> AsyncIterator[KubeApi]:
     api = KubeApi.connect(kopf.ConnectionInfo(server=url(server)), timeout=10, user_agent=TEST_AGENT)

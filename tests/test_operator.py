@@ -14,7 +14,7 @@ import pytest_asyncio
 from prometheus_client import REGISTRY
 from quasar_operator.apply import KubeApi, object_path
 
-from tests.k8s_emulator import TEST_AGENT, Emulator, client, emulator, eventually, operator
+from tests.k8s_emulator import Emulator, client, emulator, eventually, operator, operator_patches
 
 Obj = dict[str, Any]
 NS = "miners"
@@ -168,14 +168,7 @@ async def test_miner_lifecycle(cluster: tuple[Emulator, KubeApi]) -> None:
 
     # The operator wrote the resource's status and kopf's bookkeeping, never its spec (an HPA may own
     # spec.replicas), and it kept its marks under its own names.
-    written = [
-        [op["path"] for op in r.data] if isinstance(r.data, list) else [f"/{key}" for key in r.data]
-        for r in server
-        if r.headers.get("User-Agent") != TEST_AGENT
-        and r.resource is not None
-        and r.resource.plural == "quasarminers"
-        and r.method == "PATCH"
-    ]
+    written = operator_patches(server, "quasarminers")
     assert written  # the check below is not vacuous
     assert not [paths for paths in written if any(p.startswith("/spec") for p in paths)]
     assert created["metadata"].get("finalizers") is None  # added by the operator, below

@@ -10,7 +10,15 @@ import pytest
 import pytest_asyncio
 from quasar_operator.apply import KubeApi, object_path
 
-from tests.k8s_emulator import TEST_AGENT, TEST_SETTINGS, Emulator, client, emulator, eventually, operator
+from tests.k8s_emulator import (
+    TEST_SETTINGS,
+    Emulator,
+    client,
+    emulator,
+    eventually,
+    operator,
+    operator_patches,
+)
 from tests.sim_cluster import POOL_LABEL, SimCluster, simulated
 from tests.test_operator import CRS, NS, miner, secret
 
@@ -190,13 +198,6 @@ async def test_external_mode_follows_spec_replicas_within_bounds_and_never_write
         await api.merge_patch(PATH, {"spec": {"replicas": 0}})
         await until_pools(api, {"h100": (1, 1)}, "clamped to minReplicas")
         # The operator wrote the status and kopf's bookkeeping, never the spec: spec.replicas is the HPA's.
-        writes = [
-            [op["path"] for op in r.data] if isinstance(r.data, list) else [f"/{key}" for key in r.data]
-            for r in server
-            if r.headers.get("User-Agent") != TEST_AGENT
-            and r.resource is not None
-            and r.resource.plural == "quasarminers"
-            and r.method == "PATCH"
-        ]
+        writes = operator_patches(server, "quasarminers")
         assert writes
         assert not [paths for paths in writes if any(p.startswith("/spec") for p in paths)]

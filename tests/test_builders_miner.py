@@ -16,7 +16,12 @@ from quasar_operator.builders import (
     miner_selector,
     miner_service,
 )
-from quasar_operator.builders.miner import ENGINE_DRAIN_S, PRESTOP_SLEEP_S
+from quasar_operator.builders.miner import (
+    ENGINE_DRAIN_S,
+    POOL_LABEL,
+    PRESTOP_SLEEP_S,
+    miner_disruption_budget,
+)
 from quasar_operator.crds import CRD_DIR
 from quasar_operator.models import AXON_PORT, NEURON_IMAGE, TGI_IMAGE, QuasarMinerSpec
 
@@ -118,20 +123,42 @@ def flag(args: list[str], name: str) -> str:
 
 
 def all_objects(s: QuasarMinerSpec, name: str = NAME) -> list[dict[str, Any]]:
+    pools = s.placement.pools if s.placement is not None else []
+    deployments = [miner_deployment(name, NAMESPACE, UID, s, ENDPOINT, pool=p, replicas=1) for p in pools]
     objects = [
-        deployment(s, name=name),
+        *(deployments or [deployment(s, name=name)]),
         miner_service(name, NAMESPACE, UID, s),
         miner_metrics_service(name, NAMESPACE, UID, s),
+        miner_disruption_budget(name, NAMESPACE, UID, s),
     ]
     claim = miner_cache_claim(name, NAMESPACE, UID, s)
     return objects if claim is None else [*objects, claim]
 
+
+POOLS: list[dict[str, Any]] = [
+    {
+        "name": "h100",
+        "nodeSelector": {"pool": "h100", "zone": "a"},
+        "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
+        "maxReplicas": 4,
+    },
+    {
+        "name": "mig",
+        "affinity": {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}
+        },
+        "gpuResource": "nvidia.com/mig-3g.40gb",
+        "maxReplicas": 2,
+        "model": {"gpusPerReplica": 1, "quantize": "awq", "extraArgs": ["--cuda-graphs", "1"]},
+    },
+]
 
 SPECS = {
     "minimal": MINIMAL,
     "full": FULL,
     "existing-claim": {**MINIMAL, "cache": {"existingClaim": "models"}},
     "cpu": {**MINIMAL, "model": {"id": "tiny", "gpusPerReplica": 0}},
+    "pools": {**FULL, "placement": {"pools": [POOLS[0], POOLS[1]]}},
 }
 
 
@@ -556,3 +583,63 @@ def test_the_longest_name_that_fits() -> None:
     for obj in all_objects(spec(), name):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     assert miner_metrics_service(name, NAMESPACE, UID, spec())["metadata"]["name"] == name + "-miner-metrics"
+
+
+# ------------------------------------------------------------------------------------ pools
+
+
+def pool_deployments(s: QuasarMinerSpec) -> dict[str, dict[str, Any]]:
+    assert s.placement is not None
+    return {
+        p.name: miner_deployment(NAME, NAMESPACE, UID, s, ENDPOINT, pool=p, replicas=i + 2)
+        for i, p in enumerate(s.placement.pools)
+    }
+
+
+def test_each_pool_has_its_own_deployment_selecting_only_its_pods() -> None:
+    built = pool_deployments(spec(SPECS["pools"]))
+    assert {name: d["metadata"]["name"] for name, d in built.items()} == {
+        "h100": "alpha-miner-h100",
+        "mig": "alpha-miner-mig",
+    }
+    assert [d["spec"]["replicas"] for d in built.values()] == [2, 3]
+    selectors = [d["spec"]["selector"]["matchLabels"] for d in built.values()]
+    for (name, d), selector in zip(built.items(), selectors, strict=True):
+        assert selector[POOL_LABEL] == name
+        assert selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+    # The Service, the PDB and the scale subresource select every pool's pods; the pools never overlap.
+    common = selectors[0].items() & selectors[1].items()
+    assert dict(common) == miner_service(NAME, NAMESPACE, UID, spec(SPECS["pools"]))["spec"]["selector"]
+    assert selectors[0][POOL_LABEL] != selectors[1][POOL_LABEL]
+
+
+def test_a_pool_adds_its_scheduling_to_the_pods() -> None:
+    s = spec(SPECS["pools"])
+    h100 = pool_deployments(s)["h100"]["spec"]["template"]["spec"]
+    assert h100["nodeSelector"] == {**FULL["pod"]["nodeSelector"], "pool": "h100", "zone": "a"}
+    assert h100["tolerations"] == [*FULL["pod"]["tolerations"], POOLS[0]["tolerations"][0]]
+    assert h100["affinity"] == FULL["pod"]["affinity"]  # the pool names none: the pod's stays
+    mig = pool_deployments(s)["mig"]["spec"]["template"]["spec"]
+    assert mig["affinity"] == POOLS[1]["affinity"]  # the pool's replaces the pod's
+
+
+def test_a_pool_overrides_the_engine() -> None:
+    s = spec(SPECS["pools"])
+    h100, mig = (
+        {c["name"]: c for c in d["spec"]["template"]["spec"]["containers"]}["engine"]
+        for d in pool_deployments(s).values()
+    )
+    assert h100["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert (flag(h100["args"], "--num-shard"), flag(h100["args"], "--quantize")) == ("2", "fp8")
+    assert h100["args"][-2:] == FULL["model"]["extraArgs"]
+    # One MIG slice: its resource, one shard (the miner's 2 were for 4 GPUs), its quantisation and args.
+    assert mig["resources"]["limits"] == {"nvidia.com/mig-3g.40gb": "1", "memory": "128Gi"}
+    assert (flag(mig["args"], "--num-shard"), flag(mig["args"], "--quantize")) == ("1", "awq")
+    assert mig["args"][-2:] == ["--cuda-graphs", "1"]
+
+
+def test_the_disruption_budget_spares_all_but_one_pod() -> None:
+    pdb = miner_disruption_budget(NAME, NAMESPACE, UID, spec(FULL))
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment(spec(FULL))["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"

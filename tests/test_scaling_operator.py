@@ -201,3 +201,42 @@ async def test_external_mode_follows_spec_replicas_within_bounds_and_never_write
         writes = operator_patches(server, "quasarminers")
         assert writes
         assert not [paths for paths in writes if any(p.startswith("/spec") for p in paths)]
+
+
+async def test_a_pool_removed_from_the_spec_drains_after_its_replacement_is_ready(cluster: Any) -> None:
+    server, api, sim = cluster
+    async with operator(server, SETTINGS):
+        await sim.add_nodes("h100", 2, gpus=1)
+        await sim.add_nodes("a100", 2, gpus=1)
+        await api.create(f"{CRS}/quasarminers", placed([pool("h100", 2), pool("a100", 2)], replicas=2))
+        await until_pools(api, {"h100": (2, 2)}, "two on h100")
+        sim.loading.add("a100")
+        await api.merge_patch(
+            PATH, {"spec": {"placement": {"pools": [pool("a100", 2)], "spillAfterSeconds": 2}}}
+        )
+        await until_pools(api, {"a100": (2, 0)}, "replacements starting on a100")
+        assert await deployment_replicas(api, "m1-miner-h100") == 2  # still serving
+        sim.loading.clear()
+        await eventually(
+            lambda: _gone(api, object_path("Deployment", NS, "m1-miner-h100")),
+            what="h100 drained and deleted",
+        )
+        assert (await pools_status(api))["a100"]["ready"] == 2
+
+
+async def _gone(api: KubeApi, path: str) -> bool:
+    return await api.get(path) is None
+
+
+async def test_deleting_a_placed_miner_deletes_every_pools_deployment(cluster: Any) -> None:
+    server, api, sim = cluster
+    async with operator(server, SETTINGS):
+        await sim.add_nodes("h100", 1, gpus=1)
+        await sim.add_nodes("a100", 1, gpus=1)
+        await api.create(f"{CRS}/quasarminers", placed([pool("h100", 1), pool("a100", 1)], replicas=2))
+        await until_pools(api, {"h100": (1, 1), "a100": (1, 1)}, "one in each pool")
+        await api.delete(PATH)
+        await eventually(lambda: _gone(api, PATH), what="the miner deleted")
+        for name in ("m1-miner-h100", "m1-miner-a100"):
+            assert await _gone(api, object_path("Deployment", NS, name)), name
+        assert await _gone(api, object_path("PodDisruptionBudget", NS, "m1-miner"))

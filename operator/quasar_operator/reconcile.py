@@ -31,6 +31,7 @@ from quasar_operator.scaling import (
     Note,
     ScalingState,
     desired_replicas,
+    miner_pods,
     owned_deployments_selector,
     place,
     previous_status,
@@ -166,7 +167,8 @@ async def _apply_miner(
     owner = Owner(KIND, name, namespace, uid)
     previous = previous_status(resource.status)
     clock = scaling.clock()
-    desired, scale_status, notes = await desired_replicas(api, scaling, uid, owner, spec, previous, clock)
+    pods = await miner_pods(api, scaling, owner, spec)
+    desired, scale_status, notes = await desired_replicas(scaling, owner, spec, pods, previous, clock)
     owned = [
         d
         for d in await api.list(object_path("Deployment", namespace), owned_deployments_selector(name))
@@ -174,7 +176,7 @@ async def _apply_miner(
     ]
     try:
         applied, pool_status, pool_notes = await place(
-            api, scaling, owner, spec, endpoint, desired, owned, previous, clock
+            api, scaling, owner, spec, endpoint, desired, owned, pods, previous, clock
         )
     except BuildError as exc:
         return _failed(resource, Failure(INVALID_SPEC, str(exc)), now, retry=False)

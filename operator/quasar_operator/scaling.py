@@ -79,12 +79,19 @@ def epoch(value: str | None) -> float | None:
     return None if not value else datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+async def miner_pods(api: Api, state: ScalingState, owner: Owner, spec: QuasarMinerSpec) -> list[Obj]:
+    """The miner's live pods, read once per reconcile, when its autoscaler or placement needs them."""
+    operator_scaled = spec.autoscaling is not None and spec.autoscaling.mode == "operator"
+    if spec.placement is None and not operator_scaled:
+        return []
+    return await state.observer.pods(api, owner.namespace, selector_labels(owner))
+
+
 async def desired_replicas(
-    api: Api,
     state: ScalingState,
-    uid: str,
     owner: Owner,
     spec: QuasarMinerSpec,
+    pods: list[Obj],
     previous: MinerStatus,
     now: float,
 ) -> tuple[int, Obj, list[Note]]:
@@ -98,18 +105,17 @@ async def desired_replicas(
         reason = f"spec.replicas {spec.replicas} (external autoscaler), within [{scaling.min_replicas}, "
         decision = autoscaler.Decision(wanted, reason + f"{scaling.max_replicas}]", (), None)
     else:
-        pods = await state.observer.pods(api, owner.namespace, selector_labels(owner))
         last = previous.last_scale
         down_at = epoch(last.time) if last is not None and last.replicas_to < last.replicas_from else None
         decision = autoscaler.decide(
             spec=scaling,
             values=await state.observer.metric(pods, scaling.metric),
             current=current,
-            history=state.history.get(uid, ()),
+            history=state.history.get(owner.uid, ()),
             now=now,
             last_scale_down=down_at,
         )
-        state.history[uid] = decision.history
+        state.history[owner.uid] = decision.history
     status: Obj = {"desiredReplicas": decision.replicas, "metricValue": decision.metric_value}
     if decision.replicas == current:
         return decision.replicas, status, []
@@ -153,6 +159,7 @@ async def _pool_views(
     spec: QuasarMinerSpec,
     desired: int,
     live: Mapping[str, Obj],
+    pods: list[Obj],
     previous: MinerStatus,
     now: float,
 ) -> list[placement.PoolView]:
@@ -161,7 +168,6 @@ async def _pool_views(
         replicas, ready = _replicas(live.get(names.deployment))
         return [placement.PoolView(IMPLICIT_POOL, desired, replicas, ready, replicas, None, None, None)]
     cluster = await state.observer.cluster(api)
-    pods = await state.observer.pods(api, owner.namespace, selector_labels(owner))
     before = {p.name: p for p in previous.pools}
     views = []
     for pool in spec.placement.pools:
@@ -203,6 +209,7 @@ async def place(
     endpoint: Endpoint,
     desired: int,
     owned: list[Obj],
+    pods: list[Obj],
     previous: MinerStatus,
     now: float,
 ) -> tuple[list[Obj], Obj, list[Note]]:
@@ -211,7 +218,7 @@ async def place(
     wanted = names.pool_deployments if spec.placement is not None else {IMPLICIT_POOL: names.deployment}
     live = {d["metadata"]["name"]: d for d in owned}
     retired = {name: d for name, d in live.items() if name not in wanted.values()}
-    views = await _pool_views(api, state, owner, spec, desired, live, previous, now)
+    views = await _pool_views(api, state, owner, spec, desired, live, pods, previous, now)
     views += _retired_views(retired)
     spill_after = spec.placement.spill_after_seconds if spec.placement is not None else 0
     plan = placement.plan(desired, views, now, spill_after)
@@ -246,7 +253,7 @@ def _placement_status(
     spec: QuasarMinerSpec, plan: placement.Plan, views: list[placement.PoolView], applied: list[Obj]
 ) -> Obj:
     if spec.placement is None:
-        return {"unplaced": plan.unplaced}
+        return {"unplaced": plan.unplaced, "pools": None}  # None: a merge patch removes stale pools
     by_name = {view.name: view for view in views}
     shares = {share.name: share for share in plan.shares}
     pools = []

@@ -190,22 +190,12 @@ def test_only_required_node_affinity_decides() -> None:
     assert node_fits(node(), shape(affinity={"nodeAffinity": {}}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_affinity_allows reads only matchExpressions: a term with only matchFields (metadata.name) has "
-    "no expressions, all([]) is True, so it matches every node; the scheduler matches the named node only",
-)
 def test_a_match_fields_term_selects_the_named_node_only() -> None:
     by_name = required({"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["gpu-1"]}]})
     assert node_fits(node("gpu-1"), shape(affinity=by_name))
     assert not node_fits(node("gpu-2"), shape(affinity=by_name))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an empty nodeSelectorTerm ({}) matches every node here (all([]) is True); Kubernetes documents "
-    "that a null or empty node selector term matches no objects",
-)
 def test_an_empty_node_selector_term_matches_nothing() -> None:
     assert not node_fits(node(), shape(affinity=required({})))
 

@@ -25,6 +25,9 @@ class Recommendation:
 
     time: float
     replicas: int
+    # The count found on a fresh start (a new resource, an operator restart): it holds a scale-down for a
+    # whole window, so a restart never drains replicas early, and never holds a scale-up.
+    seed: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,15 +49,21 @@ def recommend(values: Sequence[float], current: int, spec: AutoscalingSpec) -> i
     mean = sum(values) / reporting
     if abs(mean / spec.target - 1) <= spec.tolerance:
         return current
-    needed = sum(values) / spec.target  # replicas the reporting ones' load needs at the target
+    # Replicas the reporting ones' load needs at the target; the epsilon keeps float noise (a sum of
+    # 14.000000000000002) from asking for one replica more.
+    needed = sum(values) / spec.target - 1e-9
     if needed > current:
         return math.ceil(needed)
+    # Scaling down: replicas not reporting yet count as exactly on target (the HPA's rule), and the
+    # tolerance is checked again with them.
     silent = max(0, current - reporting)
-    return min(current, math.ceil(needed + silent - 1e-9))
+    if silent and abs((needed + silent) / current - 1) <= spec.tolerance:
+        return current
+    return min(current, math.ceil(needed + silent))
 
 
 def stabilize(history: Sequence[Recommendation], now: float, current: int, spec: AutoscalingSpec) -> int:
-    up = [r.replicas for r in history if now - r.time <= spec.scale_up_stabilization_seconds]
+    up = [r.replicas for r in history if not r.seed and now - r.time <= spec.scale_up_stabilization_seconds]
     down = [r.replicas for r in history if now - r.time <= spec.scale_down_stabilization_seconds]
     replicas = current
     if up and min(up) > replicas:
@@ -78,10 +87,8 @@ def decide(
     current = clamp(current, spec)
     keep = max(spec.scale_up_stabilization_seconds, spec.scale_down_stabilization_seconds)
     past = [r for r in history if now - r.time <= keep]
-    if not past:
-        # A fresh history (a new resource, an operator restart): the current count is the first
-        # recommendation, so nothing scales down before a whole window has shown less load.
-        past = [Recommendation(now, current)]
+    if not history and spec.scale_down_stabilization_seconds > 0:
+        past = [Recommendation(now, current, seed=True)]
     if not values:
         return Decision(current, f"no {spec.metric} reported: staying at {current}", tuple(past), None)
     mean = sum(values) / len(values)

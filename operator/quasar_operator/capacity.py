@@ -59,17 +59,25 @@ def _requirement(expression: Obj, labels: Mapping[str, str]) -> bool:
     return False
 
 
-def _affinity_allows(affinity: Obj | None, labels: Mapping[str, str]) -> bool:
+def _term_matches(term: Obj, labels: Mapping[str, str], name: str) -> bool:
+    expressions, fields = term.get("matchExpressions") or [], term.get("matchFields") or []
+    if not expressions and not fields:
+        return False  # Kubernetes: an empty term matches no node
+    # matchFields can only name metadata.name.
+    by_field = {"metadata.name": name}
+    return all(_requirement(e, labels) for e in expressions) and all(
+        _requirement(f, by_field) for f in fields
+    )
+
+
+def _affinity_allows(affinity: Obj | None, labels: Mapping[str, str], name: str) -> bool:
     required = ((affinity or {}).get("nodeAffinity") or {}).get(
         "requiredDuringSchedulingIgnoredDuringExecution"
     )
     if not required:
         return True
-    # Terms are ORed; the expressions of one term are ANDed.
-    return any(
-        all(_requirement(e, labels) for e in term.get("matchExpressions") or [])
-        for term in required.get("nodeSelectorTerms") or []
-    )
+    # Terms are ORed; the requirements of one term are ANDed.
+    return any(_term_matches(term, labels, name) for term in required.get("nodeSelectorTerms") or [])
 
 
 def _tolerates(tolerations: Iterable[Obj], taint: Obj) -> bool:
@@ -99,7 +107,7 @@ def node_fits(node: Obj, pool: PoolScheduling) -> bool:
         return False
     if any(labels.get(key) != value for key, value in pool.node_selector.items()):
         return False
-    if not _affinity_allows(pool.affinity, labels):
+    if not _affinity_allows(pool.affinity, labels, (node.get("metadata") or {}).get("name", "")):
         return False
     blocking = [t for t in spec.get("taints") or [] if t.get("effect") in ("NoSchedule", "NoExecute")]
     return all(_tolerates(pool.tolerations, taint) for taint in blocking)

@@ -53,7 +53,8 @@ def _full_since(pool: PoolView, now: float, spill_after: float) -> float | None:
     if pool.full_since is None:
         stuck = pool.unschedulable_since is not None and now - pool.unschedulable_since >= spill_after
         return now if stuck else None
-    room_again = bool(pool.free) and now - pool.full_since >= spill_after
+    # A pool whose free GPUs are not observed (its nodes come from a cluster autoscaler) is retried on time.
+    room_again = (pool.free is None or pool.free > 0) and now - pool.full_since >= spill_after
     return None if room_again else pool.full_since
 
 

@@ -9,10 +9,13 @@ kmock emulates an API server in memory over HTTP; kopf runs against it with thes
 4. For benchmarks only (`log_requests=False`): kmock matches every request against its whole request log,
    so N requests cost O(N²) in the emulator, which would be measured as the operator's time. Without the
    log, only the requests still being served are kept; what is served does not change.
+5. A list honours an equality `labelSelector` (`k=v,k2=v2`), as a real API server does; kmock answers every
+   object. The operator filters what it lists by labels itself too, so no test passes on this; without it
+   each miner's reconcile would download every Deployment, and a benchmark would measure that.
 
 What kmock does not emulate, the tests must not lean on: there is no /status subresource (a status patch
 is a plain merge), no garbage collection (the operator's own cleanup deletes children; the tests check
-owner references explicitly), no PUT, and label selectors and watch resource versions are ignored.
+owner references explicitly), no PUT, and watch resource versions are ignored.
 """
 
 import asyncio
@@ -67,7 +70,7 @@ TEST_SETTINGS = Settings(
 
 
 class Emulator(kmock.KubernetesEmulator):
-    """Adaptations 2 to 4."""
+    """Adaptations 2 to 5."""
 
     _versions = itertools.count(1)
 
@@ -86,6 +89,21 @@ class Emulator(kmock.KubernetesEmulator):
             return await self._serve(request)
         finally:
             self._serving = [r for r in self._serving if r is not request]
+
+    async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
+        """Adaptation 5: equality label selectors; any other selector is answered unfiltered, as by kmock."""
+        payload = await super()._serve_list(request)
+        terms = [term.partition("=") for term in request.params.get("labelSelector", "").split(",") if term]
+        if not terms or any(not sep or key.endswith("!") for key, sep, _ in terms):
+            return payload
+        assert isinstance(payload, dict)
+        wanted = {key: value.removeprefix("=") for key, _, value in terms}
+        items = [
+            item
+            for item in payload["items"]
+            if all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in wanted.items())
+        ]
+        return {**payload, "items": items}
 
     async def _serve(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """Adaptations 2 and 3: the metadata a real API server sets on every write, 422 on a failed test."""

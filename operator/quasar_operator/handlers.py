@@ -214,11 +214,23 @@ def _register(
     kopf.on.resume(*resource, registry=registry, id="reconcile")(reconcile)
     # Miners that scale or place themselves are reconciled more often: that is when their metrics are read
     # and their pools' state is acted on. The two timers' conditions exclude each other.
-    kopf.timer(*resource, registry=registry, id="drift", interval=settings.drift_interval, when=_static)(
-        repair
-    )
+    # A first tick only after one interval: the create or resume handler has just reconciled the resource,
+    # and a tick at once would apply the same objects again, racing it.
+    kopf.timer(
+        *resource,
+        registry=registry,
+        id="drift",
+        interval=settings.drift_interval,
+        initial_delay=settings.drift_interval,
+        when=_static,
+    )(repair)
     if kind == "QuasarMiner":
-        kopf.timer(*resource, registry=registry, id="scale", interval=settings.scale_interval, when=_dynamic)(
-            repair
-        )
+        kopf.timer(
+            *resource,
+            registry=registry,
+            id="scale",
+            interval=settings.scale_interval,
+            initial_delay=settings.scale_interval,
+            when=_dynamic,
+        )(repair)
     kopf.on.delete(*resource, registry=registry, id="cleanup")(delete)

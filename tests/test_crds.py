@@ -208,7 +208,7 @@ def test_names_and_subresources() -> None:
 
 def test_printer_columns_point_at_fields_that_exist() -> None:
     expected = {
-        "QuasarMiner": ["Model", "Replicas", "Ready", "Endpoint", "Status", "Age"],
+        "QuasarMiner": ["Model", "Desired", "Ready", "Endpoint", "Status", "Age"],
         "QuasarValidator": ["Netuid", "Ready", "Last Weights", "Age"],
     }
     for kind, build in CRD_OF_KIND.items():

@@ -197,7 +197,12 @@ def miner_crd() -> Schema:
         },
         [
             _column("Model", ".spec.model.id", "string", "Model the engine serves."),
-            _column("Replicas", ".spec.replicas", "integer", "Desired pods."),
+            _column(
+                "Desired",
+                ".status.desiredReplicas",
+                "integer",
+                "Pods wanted: spec.replicas or the autoscaler's.",
+            ),
             _column("Ready", ".status.readyReplicas", "integer", "Ready pods."),
             _column("Endpoint", ".status.endpoint", "string", "Address announced on chain."),
             _column("Status", _READY_CONDITION, "string", "The Ready condition.", priority=1),

@@ -5,11 +5,11 @@ removed as a Deployment removes them) runs plans in a loop the way the operator 
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from quasar_operator.placement import Plan, PoolView, plan
+from quasar_operator.placement import MAX_BACKOFF_DOUBLINGS, Plan, PoolView, plan
 
 NOW = 1_000_000.0
 SPILL = 300.0
@@ -62,6 +62,7 @@ def pool_views(draw: st.DrawFn) -> list[PoolView]:
                 unschedulable_since=draw(st.none() | ages),
                 free=draw(st.none() | st.integers(0, 8)),
                 full_since=draw(st.none() | ages),
+                spills=draw(st.integers(0, 8)),
             )
         )
     return views
@@ -162,12 +163,17 @@ def test_full_pools_spill_and_reopen_on_time(desired: int, views: list[PoolView]
             assert share.full_since == (NOW if stuck else None)
             assert (view.name in result.spilled) == stuck
             assert view.name not in result.reopened
+            trusted = view.replicas > 0 and view.scheduled >= view.replicas
+            assert share.spills == (view.spills + 1 if stuck else 0 if trusted else view.spills)
         else:
-            # A pool whose free GPUs are not observed (free None) is retried on time alone.
-            again = (view.free is None or view.free > 0) and NOW - view.full_since >= spill_after
+            # A pool whose free GPUs are not observed (free None) is retried on time alone; the wait
+            # doubles with each spill in a row.
+            wait = spill_after * 2 ** min(max(view.spills - 1, 0), MAX_BACKOFF_DOUBLINGS)
+            again = (view.free is None or view.free > 0) and NOW - view.full_since >= wait
             assert share.full_since == (None if again else view.full_since)
             assert (view.name in result.reopened) == again
             assert view.name not in result.spilled
+            assert share.spills == view.spills
 
 
 # --- examples ------------------------------------------------------------------------------------------
@@ -448,3 +454,22 @@ def test_a_full_node_autoscaling_pool_is_retried() -> None:
     spot.slots = 4  # the autoscaler got its nodes
     cluster.run(4, 40)
     assert (spot.ready, on_demand.replicas) == (4, 0)
+
+
+def test_a_pool_found_full_again_and_again_is_retried_ever_more_rarely() -> None:
+    def full(spills: int, full_for: float) -> PoolView:
+        return replace(pool("a", 4, free=4, full_since=NOW - full_for), spills=spills)
+
+    for spills in range(1, 10):
+        wait = SPILL * 2 ** min(spills - 1, MAX_BACKOFF_DOUBLINGS)
+        assert plan(2, [full(spills, wait - 1)], NOW, SPILL).reopened == ()
+        reopened = plan(2, [full(spills, wait)], NOW, SPILL)
+        assert reopened.reopened == ("a",)
+        assert reopened.shares[0].spills == spills  # remembered until the pool proves itself
+    # Each spill in a row counts; a pool that runs every replica it was given is trusted again.
+    stuck = replace(pool("a", 4, 2, scheduled=0, unschedulable_since=NOW - SPILL), spills=3)
+    assert plan(2, [stuck], NOW, SPILL).shares[0].spills == 4
+    running = replace(pool("a", 4, 2, ready=2), spills=3)
+    assert plan(2, [running], NOW, SPILL).shares[0].spills == 0
+    waiting = replace(pool("a", 4, 2, scheduled=1, unschedulable_since=NOW - 1), spills=3)
+    assert plan(2, [waiting], NOW, SPILL).shares[0].spills == 3

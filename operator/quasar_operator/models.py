@@ -731,6 +731,11 @@ class PoolStatus(_Base):
         description="Since when the pool counts as full (replicas spill past it); empty when it has room.",
         json_schema_extra={"format": "date-time"},
     )
+    spills: int = Field(
+        0,
+        ge=0,
+        description="Times in a row the pool was found full; each doubles the wait before it is retried.",
+    )
 
 
 class ScaleDecision(_Base):

@@ -1,8 +1,10 @@
 """Which pool runs how many replicas: a pure function of the desired count and what each pool shows now.
 
 1. Full pools. A pool whose replica has been unschedulable for `spillAfterSeconds` becomes full: it keeps
-   the replicas it runs and gets no more. It takes replicas again once free GPUs show there and it has been
-   full for as long, so a pool that keeps refusing pods despite free GPUs is retried at that pace, no faster.
+   the replicas it runs and gets no more. It takes replicas again once free GPUs show there (or, when they
+   are not observed, on time alone) and it has been full for as long, doubled for each time in a row it
+   was found full (up to 32 times): a pool that keeps refusing pods despite free GPUs is retried ever more
+   rarely, and trusted again once it runs all its replicas.
 2. Room. A pool's room is what it runs plus what fits on its free GPUs, within its maxReplicas; a pool whose
    nodes come from a cluster autoscaler has room up to its maxReplicas (its pending pods are what make the
    autoscaler add nodes).
@@ -29,6 +31,7 @@ class PoolView:
     unschedulable_since: float | None  # the oldest unschedulable replica's time (epoch seconds)
     free: int | None
     full_since: float | None
+    spills: int = 0  # times in a row the pool was found full
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class PoolShare:
     name: str
     replicas: int
     full_since: float | None
+    spills: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,13 +53,20 @@ class Plan:
         return next(s.replicas for s in self.shares if s.name == name)
 
 
-def _full_since(pool: PoolView, now: float, spill_after: float) -> float | None:
+MAX_BACKOFF_DOUBLINGS = 5
+
+
+def _full_state(pool: PoolView, now: float, spill_after: float) -> tuple[float | None, int]:
+    """The pool's (full since, spills in a row) after this round."""
     if pool.full_since is None:
-        stuck = pool.unschedulable_since is not None and now - pool.unschedulable_since >= spill_after
-        return now if stuck else None
+        if pool.unschedulable_since is not None and now - pool.unschedulable_since >= spill_after:
+            return now, pool.spills + 1
+        trusted = pool.replicas > 0 and pool.scheduled >= pool.replicas
+        return None, 0 if trusted else pool.spills
+    wait = spill_after * 2 ** min(max(pool.spills - 1, 0), MAX_BACKOFF_DOUBLINGS)
     # A pool whose free GPUs are not observed (its nodes come from a cluster autoscaler) is retried on time.
-    room_again = (pool.free is None or pool.free > 0) and now - pool.full_since >= spill_after
-    return None if room_again else pool.full_since
+    room_again = (pool.free is None or pool.free > 0) and now - pool.full_since >= wait
+    return (None if room_again else pool.full_since), pool.spills
 
 
 def _room(pool: PoolView, full: bool) -> int:
@@ -100,13 +111,14 @@ def _make_before_break(desired: int, pools: Sequence[PoolView], shares: list[int
 def plan(desired: int, pools: Sequence[PoolView], now: float, spill_after: float) -> Plan:
     """Each pool's replicas for `desired` in all; `pools` most preferred first (retired pools last, with
     maxReplicas 0)."""
-    full_since = [_full_since(pool, now, spill_after) for pool in pools]
+    states = [_full_state(pool, now, spill_after) for pool in pools]
+    full_since = [since for since, _ in states]
     shares, unplaced = _fill(desired, pools, [since is not None for since in full_since])
     final = _make_before_break(desired, pools, shares)
     return Plan(
         shares=tuple(
-            PoolShare(pool.name, replicas, since)
-            for pool, replicas, since in zip(pools, final, full_since, strict=True)
+            PoolShare(pool.name, replicas, since, spills)
+            for pool, replicas, (since, spills) in zip(pools, final, states, strict=True)
         ),
         unplaced=unplaced,
         spilled=tuple(

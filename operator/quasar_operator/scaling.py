@@ -184,6 +184,7 @@ async def _pool_views(
                 unschedulable_since=counts.unschedulable_since,
                 free=_pool_free(spec, pool, cluster),
                 full_since=epoch(old.full_since) if old is not None else None,
+                spills=old.spills if old is not None else 0,
             )
         )
     return views
@@ -270,6 +271,7 @@ def _placement_status(
                 "free": view.free,
                 "spot": pool.spot,
                 "fullSince": None if share.full_since is None else rfc3339(share.full_since),
+                "spills": share.spills,
             }
         )
     return {"pools": pools, "unplaced": plan.unplaced}

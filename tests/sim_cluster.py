@@ -8,8 +8,10 @@ the API like the real components do:
 - the scheduler: an unscheduled pod is bound to the first node whose labels match its nodeSelector, whose
   NoSchedule taints it tolerates and that has the GPUs it asks for free; otherwise it gets
   `PodScheduled=False, reason Unschedulable`, as the real scheduler reports;
-- the kubelet: a bound pod runs (a pod IP, Running) and is Ready unless its pool is `loading`; each
-  pod's engine metrics are served over real HTTP on loopback from `load` (requests queued per replica).
+- the kubelet: a bound pod runs (a pod IP, Running) and is Ready unless its pool is `loading` (or, with
+  `ready_after`, until that many seconds after it was bound: its model loading); each pod's engine metrics
+  are served over real HTTP on loopback from `load` (requests queued per replica), or from `queue` (a
+  function of the pod's labels, for a load that differs by miner).
 
 Tests drive it through plain attributes: nodes (added with `add_nodes`), `refuse` (pools whose nodes the
 scheduler will not use, for a pool that is full in ways free GPUs do not show), `loading`, `load`. The
@@ -21,7 +23,8 @@ import asyncio
 import contextlib
 import datetime
 import itertools
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,42 +76,50 @@ class SimCluster:
     loading: set[str] = field(default_factory=set)  # pools whose pods are not ready (loading the model)
     load: float = 0.0
     refuse: set[str] = field(default_factory=set)
+    # The queue a pod reports, from its labels; None: `load` for every pod.
+    queue: Callable[[Mapping[str, str]], float] | None = None
+    ready_after: float = 0.0  # seconds from binding to Ready (the model loading)
     ticks: int = 0
     _names: "itertools.count[int]" = field(default_factory=itertools.count)
     _servers: dict[str, tuple[web.AppRunner, int]] = field(default_factory=dict)
+    _bound_at: dict[str, float] = field(default_factory=dict)
 
     async def add_nodes(self, pool: str, count: int, gpus: int) -> None:
         for _ in range(count):
             await self.api.create(NODES_PATH, node(f"{pool}-{next(self._names)}", pool, gpus))
 
     async def tick(self) -> None:
-        """One pass of every controller."""
+        """One pass of every controller. Each step decides first, then sends its writes concurrently (a
+        pass with hundreds of pods to create or bind would otherwise take a round trip each)."""
         deployments = await self.api.list(object_path("Deployment", self.namespace))
         pods = [p for p in await self.api.list(ALL_PODS_PATH) if not p["metadata"].get("deletionTimestamp")]
-        for deployment in deployments:
-            await self._reconcile_deployment(deployment, pods)
+        await asyncio.gather(*(self._reconcile_deployment(deployment, pods) for deployment in deployments))
         pods = [p for p in await self.api.list(ALL_PODS_PATH) if not p["metadata"].get("deletionTimestamp")]
         await self._schedule(pods, await self.api.list(NODES_PATH))
-        for deployment in deployments:
-            await self._deployment_status(deployment)
+        pods = await self.api.list(object_path("Pod", self.namespace))
+        await asyncio.gather(*(self._deployment_status(deployment, pods) for deployment in deployments))
         self.ticks += 1
 
     async def _reconcile_deployment(self, deployment: Obj, pods: list[Obj]) -> None:
         selector = deployment["spec"]["selector"]["matchLabels"]
         mine = [p for p in pods if matches(p, selector)]
         wanted = int(deployment["spec"].get("replicas") or 0)
-        for _ in range(wanted - len(mine)):
-            await self._create_pod(deployment)
         # The real controller removes unscheduled, then not-ready pods first.
         mine.sort(key=lambda p: (bool(p["spec"].get("nodeName")), _is_ready(p)))
-        for pod in mine[: max(0, len(mine) - wanted)]:
-            await self.api.delete(object_path("Pod", self.namespace, pod["metadata"]["name"]))
-            await self._stop_server(pod["metadata"]["name"])
+        await asyncio.gather(
+            *(self._create_pod(deployment) for _ in range(wanted - len(mine))),
+            *(self._delete_pod(pod["metadata"]["name"]) for pod in mine[: max(0, len(mine) - wanted)]),
+        )
+
+    async def _delete_pod(self, name: str) -> None:
+        await self.api.delete(object_path("Pod", self.namespace, name))
+        await self._stop_server(name)
+        self._bound_at.pop(name, None)
 
     async def _create_pod(self, deployment: Obj) -> None:
         template = deployment["spec"]["template"]
         name = f"{deployment['metadata']['name']}-{next(self._names)}"
-        port = await self._start_server(name)
+        port = await self._start_server(name, template["metadata"]["labels"])
         containers = []
         for container in template["spec"]["containers"]:
             ports = [
@@ -126,6 +137,7 @@ class SimCluster:
         await self.api.create(object_path("Pod", self.namespace), pod)
 
     async def _schedule(self, pods: list[Obj], nodes: list[Obj]) -> None:
+        patches: list[tuple[str, Obj]] = []
         used: dict[str, int] = {}
         for pod in pods:
             if pod["spec"].get("nodeName"):
@@ -134,14 +146,17 @@ class SimCluster:
             path = object_path("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"])
             ready = (pod["spec"].get("nodeSelector") or {}).get(POOL_LABEL) not in self.loading
             if pod["spec"].get("nodeName"):
+                ready = ready and self._loaded(pod["metadata"]["name"])
                 if ready != _is_ready(pod):
-                    await self.api.merge_patch(path, {"status": _pod_status(ready)})
+                    patches.append((path, {"status": _pod_status(ready)}))
                 continue
             fits = [n for n in nodes if self._fits(pod, n, used)]
             if fits:
                 target = fits[0]["metadata"]["name"]
                 used[target] = used.get(target, 0) + _gpus(pod)
-                await self.api.merge_patch(path, {"spec": {"nodeName": target}, "status": _pod_status(ready)})
+                self._bound_at[pod["metadata"]["name"]] = time.monotonic()
+                ready = ready and self.ready_after <= 0
+                patches.append((path, {"spec": {"nodeName": target}, "status": _pod_status(ready)}))
             elif not _condition(pod, "PodScheduled"):
                 unschedulable = {
                     "type": "PodScheduled",
@@ -149,9 +164,12 @@ class SimCluster:
                     "reason": "Unschedulable",
                     "lastTransitionTime": _now(),
                 }
-                await self.api.merge_patch(
-                    path, {"status": {"phase": "Pending", "conditions": [unschedulable]}}
-                )
+                patches.append((path, {"status": {"phase": "Pending", "conditions": [unschedulable]}}))
+        await asyncio.gather(*(self.api.merge_patch(path, patch) for path, patch in patches))
+
+    def _loaded(self, name: str) -> bool:
+        bound = self._bound_at.setdefault(name, time.monotonic())
+        return time.monotonic() - bound >= self.ready_after
 
     def _fits(self, pod: Obj, candidate: Obj, used: dict[str, int]) -> bool:
         labels = candidate["metadata"]["labels"]
@@ -165,21 +183,26 @@ class SimCluster:
         free = int(candidate["status"]["allocatable"][GPU]) - used.get(candidate["metadata"]["name"], 0)
         return free >= _gpus(pod)
 
-    async def _deployment_status(self, deployment: Obj) -> None:
+    async def _deployment_status(self, deployment: Obj, pods: list[Obj]) -> None:
+        """`pods`: the namespace's pods as they are after this tick's scheduling."""
         selector = deployment["spec"]["selector"]["matchLabels"]
-        pods = [p for p in await self.api.list(object_path("Pod", self.namespace), selector)]
+        mine = [p for p in pods if matches(p, selector)]
         status = {
-            "replicas": len(pods),
-            "readyReplicas": sum(_is_ready(p) for p in pods),
-            "updatedReplicas": len(pods),
+            "replicas": len(mine),
+            "readyReplicas": sum(_is_ready(p) for p in mine),
+            "updatedReplicas": len(mine),
         }
+        live = deployment.get("status") or {}
+        if all(live.get(key) == value for key, value in status.items()):
+            return  # an unchanged status is not written: every write wakes every watcher
         await self.api.merge_patch(
             object_path("Deployment", self.namespace, deployment["metadata"]["name"]), {"status": status}
         )
 
-    async def _start_server(self, name: str) -> int:
+    async def _start_server(self, name: str, labels: Mapping[str, str]) -> int:
         async def metrics(_: web.Request) -> web.Response:
-            text = f"# TYPE tgi_queue_size gauge\ntgi_queue_size {self.load:g}\n"
+            queue = self.load if self.queue is None else self.queue(labels)
+            text = f"# TYPE tgi_queue_size gauge\ntgi_queue_size {queue:g}\n"
             return web.Response(text=text)
 
         app = web.Application()

@@ -86,11 +86,20 @@ def room(view: PoolView, full: bool) -> int:
     return min(view.max_replicas, view.scheduled + view.free)
 
 
+def live_ready(view: PoolView) -> int:
+    """Ready replicas that will still exist: a status reporting more ready than replicas lags a cut."""
+    return min(view.ready, view.replicas)
+
+
 def ready_removed(view: PoolView, replicas: int) -> int:
     """Ready replicas a Deployment loses going from view.replicas to `replicas`: it removes not-ready ones
     first."""
     removed = max(0, view.replicas - replicas)
-    return max(0, removed - max(0, view.replicas - view.ready))
+    return max(0, removed - (view.replicas - live_ready(view)))
+
+
+def shrinking(desired: int, views: list[PoolView]) -> bool:
+    return desired < sum(v.replicas for v in views)
 
 
 # --- properties ----------------------------------------------------------------------------------------
@@ -109,6 +118,14 @@ def test_fill_places_in_order_of_preference_within_room(
     assert sum(placed) + result.unplaced == desired
     assert all(n >= 0 for n in placed)
     assert result.unplaced >= 0
+    kept = [min(v.replicas, r) for v, r in zip(views, rooms, strict=True)]
+    if shrinking(desired, views) and sum(kept) >= desired:
+        # Shrinking: no pool starts a replica; the least preferred give theirs up first.
+        assert all(n <= k for n, k in zip(placed, kept, strict=True))
+        for i, (n, k) in enumerate(zip(placed, kept, strict=True)):
+            if n < k:
+                assert all(placed[j] == 0 for j in range(i + 1, len(views)))
+        return
     for i, (view, n, is_full) in enumerate(zip(views, placed, full, strict=True)):
         assert n <= view.max_replicas
         if is_full:
@@ -143,7 +160,7 @@ def test_make_before_break(desired: int, views: list[PoolView], spill_after: flo
     if not any(v.replicas > p for v, p in zip(views, placed, strict=True)):
         assert final == placed  # nothing to drain: the shares and the unplaced account for desired
         assert sum(final) + result.unplaced == desired
-    ready = sum(v.ready for v in views)
+    ready = sum(live_ready(v) for v in views)
     lost = [ready_removed(v, f) for v, f in zip(views, final, strict=True)]
     assert ready - sum(lost) >= min(desired, ready), "ready replicas go only while others cover desired"
     if any(held):
@@ -473,3 +490,27 @@ def test_a_pool_found_full_again_and_again_is_retried_ever_more_rarely() -> None
     assert plan(2, [running], NOW, SPILL).shares[0].spills == 0
     waiting = replace(pool("a", 4, 2, scheduled=1, unschedulable_since=NOW - 1), spills=3)
     assert plan(2, [waiting], NOW, SPILL).shares[0].spills == 3
+
+
+def test_a_cut_still_in_flight_is_not_counted_as_spare_twice() -> None:
+    # spot was just cut from 7 to 6; its Deployment's status still reports 7 ready.
+    views = [
+        pool("h100", 8, 4, ready=4, free=0),
+        pool("a100", 8, 3, ready=3, free=0),
+        pool("spot", 8, 6, ready=7),
+    ]
+    result = plan(7, views, NOW, SPILL)
+    assert shares(result) == {"h100": 4, "a100": 3, "spot": 0}
+    kept_ready = sum(
+        min(v.ready, v.replicas) - ready_removed(v, s.replicas)
+        for v, s in zip(views, result.shares, strict=True)
+    )
+    assert kept_ready == 7
+
+
+def test_shrinking_starts_no_replica_and_moves_back_only_after() -> None:
+    views = [pool("h100", 4, 1, ready=1, free=3), pool("spot", 8, 3, ready=3, free=5)]
+    assert shares(plan(2, views, NOW, SPILL)) == {"h100": 1, "spot": 1}
+    # Once it runs what it wants, a preferred pool with room takes the replicas back (make before break).
+    views = [pool("h100", 4, 1, ready=1, free=3), pool("spot", 8, 1, ready=1, free=7)]
+    assert shares(plan(2, views, NOW, SPILL)) == {"h100": 2, "spot": 1}

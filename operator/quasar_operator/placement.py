@@ -10,9 +10,13 @@
    autoscaler add nodes).
 3. Fill in order of preference. What no pool has room for goes to the first pool that is not full and is
    under its maxReplicas, where it waits (and spills after the grace period); what is left is unplaced.
+   While the miner shrinks (fewer desired than it runs), no pool starts a replica: the least preferred
+   pools give theirs up, and replicas move back to preferred pools only once the shrinking is over.
 4. Make before break. A pool above its share gives up its not-ready replicas at once, but its ready ones
    only while the ready replicas elsewhere cover the desired count: a replica moving back to a preferred
-   pool starts there first, and the old one drains only once the new one is ready.
+   pool starts there first, and the old one drains only once the new one is ready. A pool counts at most
+   as many ready replicas as it has replicas: a Deployment's status lags a cut, and the pod being removed
+   must not be counted as spare a second time.
 """
 
 from collections.abc import Sequence
@@ -92,8 +96,23 @@ def _fill(desired: int, pools: Sequence[PoolView], full: Sequence[bool]) -> tupl
     return shares, remaining
 
 
+def _shrink(desired: int, pools: Sequence[PoolView], full: Sequence[bool]) -> list[int] | None:
+    """Shares that only remove replicas, the least preferred first; None when the pools cannot keep
+    `desired` without starting some (a pool full or retired lost more than the shrink removes)."""
+    kept = [min(p.replicas, _room(p, is_full)) for p, is_full in zip(pools, full, strict=True)]
+    excess = sum(kept) - desired
+    if excess < 0:
+        return None
+    for i in reversed(range(len(pools))):
+        cut = min(excess, kept[i])
+        kept[i] -= cut
+        excess -= cut
+    return kept
+
+
 def _make_before_break(desired: int, pools: Sequence[PoolView], shares: list[int]) -> list[int]:
-    spare_ready = max(0, sum(p.ready for p in pools) - desired)
+    live_ready = [min(p.ready, p.replicas) for p in pools]
+    spare_ready = max(0, sum(live_ready) - desired)
     result = list(shares)
     # The least preferred pools give up replicas first.
     for i in reversed(range(len(pools))):
@@ -101,7 +120,7 @@ def _make_before_break(desired: int, pools: Sequence[PoolView], shares: list[int
         cut = pool.replicas - shares[i]
         if cut <= 0:
             continue
-        not_ready = min(cut, max(0, pool.replicas - pool.ready))
+        not_ready = min(cut, pool.replicas - live_ready[i])
         ready = min(cut - not_ready, spare_ready)
         spare_ready -= ready
         result[i] = pool.replicas - not_ready - ready
@@ -113,7 +132,9 @@ def plan(desired: int, pools: Sequence[PoolView], now: float, spill_after: float
     maxReplicas 0)."""
     states = [_full_state(pool, now, spill_after) for pool in pools]
     full_since = [since for since, _ in states]
-    shares, unplaced = _fill(desired, pools, [since is not None for since in full_since])
+    full = [since is not None for since in full_since]
+    shrunk = _shrink(desired, pools, full) if desired < sum(p.replicas for p in pools) else None
+    shares, unplaced = (shrunk, 0) if shrunk is not None else _fill(desired, pools, full)
     final = _make_before_break(desired, pools, shares)
     return Plan(
         shares=tuple(

@@ -80,6 +80,7 @@ class SimCluster:
     queue: Callable[[Mapping[str, str]], float] | None = None
     ready_after: float = 0.0  # seconds from binding to Ready (the model loading)
     ticks: int = 0
+    refused: int = 0  # pods the scheduler found no node for
     _names: "itertools.count[int]" = field(default_factory=itertools.count)
     _servers: dict[str, tuple[web.AppRunner, int]] = field(default_factory=dict)
     _bound_at: dict[str, float] = field(default_factory=dict)
@@ -165,6 +166,7 @@ class SimCluster:
                     "lastTransitionTime": _now(),
                 }
                 patches.append((path, {"status": {"phase": "Pending", "conditions": [unschedulable]}}))
+                self.refused += 1
         await asyncio.gather(*(self.api.merge_patch(path, patch) for path, patch in patches))
 
     def _loaded(self, name: str) -> bool:

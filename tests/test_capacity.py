@@ -15,9 +15,12 @@ from quasar_operator.capacity import (
     count_pods,
     free_replicas,
     node_fits,
+    place_waiting,
     pod_gpus,
     pod_ready,
+    pod_scheduling,
     used_gpus,
+    waiting,
 )
 
 Obj = dict[str, Any]
@@ -428,3 +431,37 @@ def test_count_pods_agrees_with_each_pod(specs: list[tuple[bool, bool, str, int 
     assert counts.ready == sum(bound and ready for bound, ready, *_ in live)
     assert counts.unschedulable == len(waiting)
     assert counts.unschedulable_since == (NOW - max(waiting) if waiting else None)
+
+
+# --- pods still waiting for the scheduler ----------------------------------------------------------------
+
+
+def waiting_pod(gpus: int = 3, selector: dict[str, str] | None = None) -> Obj:
+    body = pod(on=None, gpus=gpus, phase="Pending")
+    body["spec"]["nodeSelector"] = {"pool": "a100"} if selector is None else selector
+    return body
+
+
+def test_only_unbound_unrefused_unfinished_pods_are_waiting() -> None:
+    assert waiting(waiting_pod())
+    assert not waiting(pod())  # bound
+    assert not waiting(pod(on=None, unschedulable_since=0.0, phase="Pending"))  # refused by the scheduler
+    assert not waiting(pod(on=None, phase="Failed"))
+
+
+def test_waiting_pods_take_gpus_first_fit_and_leave_the_rest_free() -> None:
+    nodes = [node("gpu-1"), node("gpu-2")]
+    used = place_waiting(nodes, {"gpu-1": 6}, [waiting_pod(3), waiting_pod(3), waiting_pod(3)], GPU)
+    # gpu-1 has 2 left (6 used): the first two go to gpu-2, the third fits nowhere and takes nothing.
+    assert used == {"gpu-1": 6, "gpu-2": 6}
+    assert free_replicas(nodes, used, shape(gpus=2)) == 2
+    # A waiting pod of another pool, or asking for no GPU, takes nothing here.
+    assert place_waiting(nodes, {}, [waiting_pod(3, {"pool": "h100"}), waiting_pod(0)], GPU) == {}
+
+
+def test_a_pods_own_scheduling_is_its_shape() -> None:
+    body = waiting_pod(2)
+    body["spec"]["tolerations"] = [{"key": "spot", "operator": "Exists"}]
+    assert pod_scheduling(body, GPU) == PoolScheduling(
+        {"pool": "a100"}, None, body["spec"]["tolerations"], GPU, 2
+    )

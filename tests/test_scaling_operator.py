@@ -2,6 +2,7 @@
 cluster (tests/sim_cluster.py) of GPU nodes in labelled pools, whose scheduling and readiness the tests drive.
 """
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -240,3 +241,28 @@ async def test_deleting_a_placed_miner_deletes_every_pools_deployment(cluster: A
         for name in ("m1-miner-h100", "m1-miner-a100"):
             assert await _gone(api, object_path("Deployment", NS, name)), name
         assert await _gone(api, object_path("PodDisruptionBudget", NS, "m1-miner"))
+
+
+async def test_miners_planning_at_once_do_not_count_the_same_free_gpus(cluster: Any) -> None:
+    server, api, sim = cluster
+    async with operator(server, SETTINGS):
+        await sim.add_nodes("h100", 2, gpus=1)
+        await sim.add_nodes("a100", 4, gpus=1)
+        bodies = [placed([pool("h100", 2), pool("a100", 4)], replicas=2) for _ in range(2)]
+        for name, body in zip(("m1", "m2"), bodies, strict=True):
+            body["metadata"]["name"] = name
+        await asyncio.gather(*(api.create(f"{CRS}/quasarminers", body) for body in bodies))
+
+        async def all_ready() -> bool:
+            found = [await api.get(f"{CRS}/quasarminers/{name}") for name in ("m1", "m2")]
+            return all(((b or {}).get("status") or {}).get("readyReplicas") == 2 for b in found)
+
+        await eventually(all_ready, what="both miners ready")
+        pods = await api.list(object_path("Pod", NS))
+        assert sorted(p["metadata"]["labels"]["quasar.ai/pool"] for p in pods) == [
+            "a100",
+            "a100",
+            "h100",
+            "h100",
+        ]
+        assert sim.refused == 0  # no pod was sent to a pool another miner had just filled

@@ -3,11 +3,14 @@
 A pool's nodes are the Ready, schedulable nodes whose labels match its nodeSelector and required node
 affinity and whose NoSchedule/NoExecute taints its tolerations tolerate: the scheduler's checks that decide
 GPU placement. A node's free GPUs are its allocatable GPUs less what the unfinished pods bound to it request
-(a GPU's request always equals its limit). Free replicas are counted node by node: a replica's GPUs must
-all be on one node.
+(a GPU's request always equals its limit), and less what the pods still waiting for the scheduler will take:
+those are placed on the nodes first fit (`place_waiting`), so two miners planning from the same listing do
+not both count the same free GPUs. Free replicas are counted node by node: a replica's GPUs must all be on
+one node.
 """
 
 import datetime
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +137,48 @@ def used_gpus(pods: Iterable[Obj], resource: str) -> dict[str, float]:
     return used
 
 
+def pod_scheduling(pod: Obj, resource: str) -> PoolScheduling:
+    """What decides where a pod may go, as a one-replica pool shape."""
+    spec = pod.get("spec") or {}
+    return PoolScheduling(
+        node_selector=spec.get("nodeSelector") or {},
+        affinity=spec.get("affinity"),
+        tolerations=spec.get("tolerations") or [],
+        gpu_resource=resource,
+        gpus_per_replica=math.ceil(pod_gpus(pod, resource)),
+    )
+
+
+def waiting(pod: Obj) -> bool:
+    """Not bound yet, and not refused by the scheduler: it will take GPUs as soon as it is scheduled."""
+    if (pod.get("spec") or {}).get("nodeName") or (pod.get("status") or {}).get("phase") in FINISHED:
+        return False
+    condition = _condition(pod, "PodScheduled")
+    return not (condition is not None and condition.get("reason") == "Unschedulable")
+
+
+def place_waiting(
+    nodes: Sequence[Obj], used: Mapping[str, float], pods: Iterable[Obj], resource: str
+) -> dict[str, float]:
+    """`used` plus the GPUs of waiting pods, each put on the first node it fits (as a scheduler might)."""
+    total = dict(used)
+    for pod in pods:
+        shape = pod_scheduling(pod, resource)
+        if shape.gpus_per_replica <= 0:
+            continue
+        for node in nodes:
+            name = (node.get("metadata") or {}).get("name", "")
+            room = _allocatable(node, resource) - total.get(name, 0.0)
+            if room >= shape.gpus_per_replica and node_fits(node, shape):
+                total[name] = total.get(name, 0.0) + shape.gpus_per_replica
+                break
+    return total
+
+
+def _allocatable(node: Obj, resource: str) -> float:
+    return _quantity(((node.get("status") or {}).get("allocatable") or {}).get(resource, 0))
+
+
 def free_replicas(nodes: Iterable[Obj], used: Mapping[str, float], pool: PoolScheduling) -> int:
     """Further replicas of `pool`'s shape that fit on its nodes' free GPUs."""
     if pool.gpus_per_replica <= 0:
@@ -142,11 +187,9 @@ def free_replicas(nodes: Iterable[Obj], used: Mapping[str, float], pool: PoolSch
     for node in nodes:
         if not node_fits(node, pool):
             continue
-        allocatable = _quantity(
-            ((node.get("status") or {}).get("allocatable") or {}).get(pool.gpu_resource, 0)
-        )
         name = (node.get("metadata") or {}).get("name", "")
-        slots += max(0, int((allocatable - used.get(name, 0.0)) // pool.gpus_per_replica))
+        free = _allocatable(node, pool.gpu_resource) - used.get(name, 0.0)
+        slots += max(0, int(free // pool.gpus_per_replica))
     return slots
 
 

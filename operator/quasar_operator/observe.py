@@ -11,7 +11,7 @@ The edge of the scaling code: API reads and HTTP scrapes here, every decision in
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,7 +19,9 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from quasar_operator.apply import ALL_PODS_PATH, NODES_PATH, object_path
-from quasar_operator.capacity import pod_ready
+from quasar_operator.builders.common import INSTANCE_LABEL
+from quasar_operator.builders.miner import POOL_LABEL
+from quasar_operator.capacity import place_waiting, pod_ready, used_gpus, waiting
 
 Obj = dict[str, Any]
 
@@ -35,10 +37,49 @@ class Lister(Protocol):
     async def list(self, path: str, label_selector: dict[str, str] | None = None) -> list[Obj]: ...
 
 
+# How long a claim may wait for the listing to show its pods before it is dropped (a Deployment controller
+# creates them within seconds).
+CLAIM_TTL_S = 60.0
+
+
 @dataclass(frozen=True)
+class Claim:
+    """Pods a miner decided a pool's Deployment is to have: until a listing shows them all, the missing ones
+    count as taking GPUs, so miners planning from the same listing do not count the same free GPUs twice."""
+
+    template: Obj  # one of the pods, as far as scheduling goes
+    expected: int
+    at: float
+
+
+@dataclass
 class ClusterView:
+    """One listing of Nodes and Pods, shared by every miner's reconcile until the next."""
+
     nodes: list[Obj]
     pods: list[Obj]
+    claims: dict[str, Claim] = field(default_factory=dict)  # the observer's, by `pool_key`
+    _bound: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def committed(self, resource: str, mine: Callable[[Obj], bool]) -> dict[str, float]:
+        """GPUs per node taken or about to be: every bound pod's, then, each put on the first node it fits,
+        the waiting pods' and the claims' not yet listed, except those that are `mine`."""
+        if resource not in self._bound:
+            self._bound[resource] = used_gpus(self.pods, resource)
+        others = [p for p in self.pods if waiting(p) and not mine(p)]
+        for key, claim in self.claims.items():
+            if not mine(claim.template):
+                listed = sum(1 for p in self.pods if pool_key(p) == key)
+                others += [claim.template] * max(0, claim.expected - listed)
+        return place_waiting(self.nodes, self._bound[resource], others, resource)
+
+
+def pool_key(pod: Obj) -> str | None:
+    """`namespace/miner/pool` of a pool's pod (its Deployment), from its labels; None for any other pod."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    miner, pool = labels.get(INSTANCE_LABEL), labels.get(POOL_LABEL)
+    return None if miner is None or pool is None else f"{meta.get('namespace')}/{miner}/{pool}"
 
 
 def live(pods: Sequence[Obj]) -> list[Obj]:
@@ -79,6 +120,7 @@ class Observer:
     _cluster: ClusterView | None = None
     _cluster_at: float = 0.0
     _cluster_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _claims: dict[str, Claim] = field(default_factory=dict)
     # queueTime: each pod's histogram (sum, count) at the last scrape, so the mean covers the interval.
     _queue_totals: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     _session: aiohttp.ClientSession | None = None
@@ -88,10 +130,19 @@ class Observer:
 
     async def cluster(self, api: Lister) -> ClusterView:
         async with self._cluster_lock:
-            if self._cluster is None or time.monotonic() - self._cluster_at >= self.cluster_ttl:
+            now = time.monotonic()
+            if self._cluster is None or now - self._cluster_at >= self.cluster_ttl:
                 nodes, pods = await asyncio.gather(api.list(NODES_PATH), api.list(ALL_PODS_PATH))
-                self._cluster, self._cluster_at = ClusterView(nodes, pods), time.monotonic()
+                self._claims = {k: c for k, c in self._claims.items() if now - c.at < CLAIM_TTL_S}
+                self._cluster, self._cluster_at = ClusterView(nodes, pods, self._claims), now
             return self._cluster
+
+    def claim(self, template: Obj, expected: int) -> None:
+        """The pool of `template` (a pod as its Deployment makes them) is to have `expected` pods."""
+        key = pool_key(template)
+        if key is None:
+            raise ValueError("a claim's pod needs the miner's and the pool's labels")
+        self._claims[key] = Claim(template, expected, time.monotonic())
 
     async def metric(self, pods: Sequence[Obj], metric: str) -> list[float]:
         """The metric of every ready pod that answered."""

@@ -19,11 +19,11 @@ from typing import Any, Literal, Protocol
 from pydantic import ValidationError
 
 from quasar_operator import autoscaler, capacity, placement
-from quasar_operator.apply import object_path
+from quasar_operator.apply import matches, object_path
 from quasar_operator.builders.common import Owner, selector_labels
 from quasar_operator.builders.miner import KIND, POOL_LABEL, Endpoint, for_pool, miner_deployment, miner_names
 from quasar_operator.models import MinerStatus, PoolSpec, QuasarMinerSpec
-from quasar_operator.observe import Lister, Observer
+from quasar_operator.observe import ClusterView, Lister, Observer
 
 Obj = dict[str, Any]
 IMPLICIT_POOL = ""
@@ -137,37 +137,64 @@ def _replicas(deployment: Obj | None) -> tuple[int, int]:
     )
 
 
-def _pool_free(spec: QuasarMinerSpec, pool: PoolSpec, cluster: Any) -> int | None:
+def _shape(spec: QuasarMinerSpec, pool: PoolSpec) -> capacity.PoolScheduling:
     effective = for_pool(spec, pool)
-    gpus = effective.model.gpus_per_replica
-    if pool.node_autoscaling or gpus == 0:
-        return None
-    shape = capacity.PoolScheduling(
+    return capacity.PoolScheduling(
         node_selector=effective.pod.node_selector,
         affinity=effective.pod.affinity,
         tolerations=effective.pod.tolerations,
         gpu_resource=pool.gpu_resource,
-        gpus_per_replica=gpus,
+        gpus_per_replica=effective.model.gpus_per_replica,
     )
-    return capacity.free_replicas(cluster.nodes, capacity.used_gpus(cluster.pods, pool.gpu_resource), shape)
 
 
-async def _pool_views(
-    api: Api,
-    state: ScalingState,
+def _mine(owner: Owner) -> Callable[[Obj], bool]:
+    selector = selector_labels(owner)
+    return lambda pod: (
+        (pod.get("metadata") or {}).get("namespace") == owner.namespace and matches(pod, selector)
+    )
+
+
+def _pool_free(owner: Owner, spec: QuasarMinerSpec, pool: PoolSpec, cluster: ClusterView) -> int | None:
+    shape = _shape(spec, pool)
+    if pool.node_autoscaling or shape.gpus_per_replica == 0:
+        return None
+    # Other miners' waiting pods and fresh claims count as taken; this miner's own are in its room already.
+    used = cluster.committed(pool.gpu_resource, _mine(owner))
+    return capacity.free_replicas(cluster.nodes, used, shape)
+
+
+def _pod_template(owner: Owner, spec: QuasarMinerSpec, pool: PoolSpec) -> Obj:
+    """A pool's pod as far as scheduling goes: what a claim stands for until listings show the real ones."""
+    shape = _shape(spec, pool)
+    return {
+        "metadata": {
+            "namespace": owner.namespace,
+            "labels": {**selector_labels(owner), POOL_LABEL: pool.name},
+        },
+        "spec": {
+            "nodeSelector": dict(shape.node_selector),
+            "affinity": shape.affinity,
+            "tolerations": list(shape.tolerations),
+            "containers": [{"resources": {"limits": {pool.gpu_resource: str(shape.gpus_per_replica)}}}],
+        },
+    }
+
+
+def _pool_views(
     owner: Owner,
     spec: QuasarMinerSpec,
     desired: int,
     live: Mapping[str, Obj],
     pods: list[Obj],
+    cluster: ClusterView | None,
     previous: MinerStatus,
     now: float,
 ) -> list[placement.PoolView]:
     names = miner_names(owner.name, spec)
-    if spec.placement is None:
+    if spec.placement is None or cluster is None:
         replicas, ready = _replicas(live.get(names.deployment))
         return [placement.PoolView(IMPLICIT_POOL, desired, replicas, ready, replicas, None, None, None)]
-    cluster = await state.observer.cluster(api)
     before = {p.name: p for p in previous.pools}
     views = []
     for pool in spec.placement.pools:
@@ -182,7 +209,7 @@ async def _pool_views(
                 ready=ready,
                 scheduled=counts.scheduled,
                 unschedulable_since=counts.unschedulable_since,
-                free=_pool_free(spec, pool, cluster),
+                free=_pool_free(owner, spec, pool, cluster),
                 full_since=epoch(old.full_since) if old is not None else None,
                 spills=old.spills if old is not None else 0,
             )
@@ -219,11 +246,16 @@ async def place(
     wanted = names.pool_deployments if spec.placement is not None else {IMPLICIT_POOL: names.deployment}
     live = {d["metadata"]["name"]: d for d in owned}
     retired = {name: d for name, d in live.items() if name not in wanted.values()}
-    views = await _pool_views(api, state, owner, spec, desired, live, pods, previous, now)
+    cluster = await state.observer.cluster(api) if spec.placement is not None else None
+    # From the listing to the claims below nothing awaits: no other miner's reconcile plans in between.
+    views = _pool_views(owner, spec, desired, live, pods, cluster, previous, now)
     views += _retired_views(retired)
     spill_after = spec.placement.spill_after_seconds if spec.placement is not None else 0
     plan = placement.plan(desired, views, now, spill_after)
     pools = {pool.name: pool for pool in spec.placement.pools} if spec.placement is not None else {}
+    for view in views:
+        if view.name in pools and plan.replicas(view.name) > view.replicas:
+            state.observer.claim(_pod_template(owner, spec, pools[view.name]), plan.replicas(view.name))
     applied = []
     for pool_name in wanted:
         built = miner_deployment(

@@ -78,11 +78,14 @@ def child_name(owner: Owner, suffix: str, *, room: int = 0) -> str:
     return name
 
 
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+
+
 def selector_labels(owner: Owner) -> dict[str, str]:
     """The labels that pick this resource's pods: stable for the resource's life (selectors are immutable)."""
     return {
         "app.kubernetes.io/name": owner.component,
-        "app.kubernetes.io/instance": owner.name,
+        INSTANCE_LABEL: owner.name,
         f"quasar.ai/{owner.component.removeprefix('quasar-')}": owner.name,
     }
 

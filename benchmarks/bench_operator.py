@@ -44,6 +44,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from quasar_operator.apply import KubeApi, object_path
 
+from benchmarks.operator_process import kubeconfig, proc_status, wait_alive
 from tests.k8s_emulator import Emulator, client, emulator, free_port, url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,50 +76,12 @@ def miner(name: str, example: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def kubeconfig(path: Path, server: str) -> None:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
-        "users": [{"name": "bench", "user": {}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "bench"}}],
-        "current-context": "emulator",
-    }
-    path.write_text(yaml.safe_dump(config))
-
-
 def reconciled(server: Emulator, name: str) -> bool:
     key = (RESOURCE, NAMESPACE, name)
     if key not in server.objects:
         return False
     conditions = (server.objects[key].get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Reconciled" and c.get("status") == "True" for c in conditions)
-
-
-def proc_status(pid: int) -> tuple[float, float]:
-    """Peak RSS in MB and CPU seconds (user + system) of a live process, from /proc."""
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
-    )
-    peak_kb = float(fields["VmHWM"].split()[0])
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return peak_kb / 1024, (int(stat[11]) + int(stat[12])) / ticks
-
-
-async def wait_alive(session: aiohttp.ClientSession, port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the operator exited with {process.returncode} before it was ready")
-        try:
-            async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError("the operator's liveness endpoint did not answer within 60 s")
 
 
 async def metrics(session: aiohttp.ClientSession, port: int) -> tuple[float, float]:

@@ -9,11 +9,12 @@ not both count the same free GPUs. Free replicas are counted node by node: a rep
 one node.
 """
 
-import datetime
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from quasar_operator.status import epoch
 
 Obj = dict[str, Any]
 
@@ -203,12 +204,6 @@ class PodCounts:
     unschedulable_since: float | None = None
 
 
-def _timestamp(value: str | None, default: float) -> float:
-    if not value:
-        return default
-    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
 def _condition(pod: Obj, type_: str) -> Obj | None:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return next((c for c in conditions if c.get("type") == type_), None)
@@ -237,6 +232,7 @@ def count_pods(pods: Iterable[Obj], now: float) -> PodCounts:
             and condition.get("reason") == "Unschedulable"
         ):
             unschedulable += 1
-            at = _timestamp(condition.get("lastTransitionTime"), now)
+            transition = epoch(condition.get("lastTransitionTime"))
+            at = now if transition is None else transition
             since = at if since is None else min(since, at)
     return PodCounts(scheduled, ready, unschedulable, since)

@@ -6,7 +6,6 @@ operator writes the resource's status, never its spec: `spec.replicas` belongs t
 resource (a person, an HPA or KEDA through the scale subresource).
 """
 
-import datetime
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +26,7 @@ from quasar_operator.reconcile import (
 )
 from quasar_operator.scaling import ScalingState
 from quasar_operator.settings import Settings
+from quasar_operator.status import rfc3339
 
 RECONCILES = Counter(
     "quasar_operator_reconciles_total", "Reconciles run, by kind and outcome.", ["kind", "outcome"]
@@ -46,7 +46,7 @@ KINDS: dict[str, tuple[str, Pipeline]] = {
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(time.time())
 
 
 class Client:
@@ -148,6 +148,7 @@ async def _cleanup(kind: str, body: kopf.Body, client: Client, logger: kopf.Logg
     # Kubernetes' garbage collector would delete the owned objects too; deleting them here makes deletion
     # not depend on it (and waits for them before the finalizer goes).
     meta = body["metadata"]
+    client.scaling.history.pop(meta["uid"], None)  # its autoscaler's memory goes with it
     try:
         paths = await cleanup_paths(client.api, kind, meta["name"], meta["namespace"])
     except ApiError as exc:

@@ -10,7 +10,9 @@ The edge of the scaling code: API reads and HTTP scrapes here, every decision in
 """
 
 import asyncio
+import functools
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -66,12 +68,20 @@ class ClusterView:
         the waiting pods' and the claims' not yet listed, except those that are `mine`."""
         if resource not in self._bound:
             self._bound[resource] = used_gpus(self.pods, resource)
-        others = [p for p in self.pods if waiting(p) and not mine(p)]
+        others = [p for p in self._waiting if not mine(p)]
         for key, claim in self.claims.items():
             if not mine(claim.template):
-                listed = sum(1 for p in self.pods if pool_key(p) == key)
-                others += [claim.template] * max(0, claim.expected - listed)
+                others += [claim.template] * max(0, claim.expected - self._listed[key])
         return place_waiting(self.nodes, self._bound[resource], others, resource)
+
+    # Read by every miner's reconcile, computed once per listing.
+    @functools.cached_property
+    def _waiting(self) -> list[Obj]:
+        return [p for p in self.pods if waiting(p)]
+
+    @functools.cached_property
+    def _listed(self) -> Counter[str | None]:
+        return Counter(pool_key(p) for p in self.pods)
 
 
 def pool_key(pod: Obj) -> str | None:

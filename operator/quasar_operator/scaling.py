@@ -10,7 +10,6 @@ Without `spec.placement` the miner has one implicit pool: its `<name>-miner` Dep
 `spec.pod`. The operator never writes the resource's spec; what it decides goes to the status.
 """
 
-import datetime
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from quasar_operator.builders.common import Owner, selector_labels
 from quasar_operator.builders.miner import KIND, POOL_LABEL, Endpoint, for_pool, miner_deployment, miner_names
 from quasar_operator.models import MinerStatus, PoolSpec, QuasarMinerSpec
 from quasar_operator.observe import ClusterView, Lister, Observer
+from quasar_operator.status import epoch, rfc3339
 
 Obj = dict[str, Any]
 IMPLICIT_POOL = ""
@@ -69,14 +69,6 @@ def previous_status(status: Mapping[str, Any]) -> MinerStatus:
         return MinerStatus.model_validate(status)
     except ValidationError:
         return MinerStatus.model_validate({})  # a status this operator cannot read is recomputed, not trusted
-
-
-def rfc3339(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def epoch(value: str | None) -> float | None:
-    return None if not value else datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 async def miner_pods(api: Api, state: ScalingState, owner: Owner, spec: QuasarMinerSpec) -> list[Obj]:

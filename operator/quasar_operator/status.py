@@ -11,6 +11,7 @@ A condition keeps its lastTransitionTime while its status stays the same, so `ku
 when it really changed.
 """
 
+import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,6 +19,16 @@ from typing import Any, Literal
 Obj = dict[str, Any]
 Status = Literal["True", "False", "Unknown"]
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Reconciled")
+
+
+def rfc3339(epoch: float) -> str:
+    """A time as the status writes it (seconds, UTC)."""
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch(value: str | None) -> float | None:
+    """A Kubernetes timestamp (RFC 3339) as seconds since the epoch; None for none."""
+    return None if not value else datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 @dataclass(frozen=True)

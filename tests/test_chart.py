@@ -48,7 +48,8 @@ def custom_resource(path: Path) -> Obj:
     }
 
 
-# Every value set to something other than its default.
+# Every value set to something other than its default (but operator.clusterWide, which excludes
+# watchNamespaces: its own scenario).
 EVERYTHING: Obj = {
     "operator": {
         "image": {
@@ -87,7 +88,7 @@ EVERYTHING: Obj = {
     },
     "imagePullSecrets": [{"name": "regcred"}],
     "serviceAccount": {"create": True, "name": "quasar-operator", "annotations": {"example.com/iam": "x"}},
-    "rbac": {"create": True},
+    "rbac": {"create": True, "listPodsClusterWide": True},
     "metrics": {"service": {"enabled": True, "port": 8000, "annotations": {"prometheus.io/scrape": "true"}}},
     "images": {
         "engine": "ghcr.io/huggingface/text-generation-inference:3.3.4",
@@ -113,6 +114,7 @@ SCENARIOS: dict[str, tuple[tuple[str, ...], str]] = {
     "defaults": ((), NAMESPACE),
     "example": (("--values", str(EXAMPLE)), "quasar"),
     "everything": (set_json(EVERYTHING), NAMESPACE),
+    "cluster-wide": (set_json({"operator": {"clusterWide": True}}), NAMESPACE),
     "no-rbac-no-metrics": (
         set_json({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"}})
         + set_json({"metrics": {"service": {"enabled": False}}}),
@@ -147,11 +149,30 @@ def operator_container(objects: list[Obj]) -> Obj:
 # ------------------------------------------------------------------------------------------ rendering
 
 
+def lint(*args: str) -> None:
+    proc = helm("lint", "--strict", str(CHART), *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # helm lint renders with `fail` made harmless: it logs "funcMap fail" and reports success. A template's
+    # failure is a failure here.
+    assert "funcMap fail" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_lint(scenario: str) -> None:
     args, namespace = SCENARIOS[scenario]
-    proc = helm("lint", "--strict", str(CHART), "--namespace", namespace, *args)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lint("--namespace", namespace, *args)
+
+
+def test_lint_of_the_example_without_a_namespace() -> None:
+    # As a newcomer runs it (issue 14): the release's namespace is then `default`, and the example's
+    # resources, in the release's namespace, are watched wherever that is.
+    lint("--values", str(EXAMPLE))
+
+
+def test_lint_reports_a_templates_failure() -> None:
+    # The check above sees what helm lint would otherwise let pass.
+    with pytest.raises(AssertionError, match="funcMap fail"):
+        lint(*set_json({"operator": {"livenessPort": 9090}}))
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -173,6 +194,8 @@ def test_default_install() -> None:
         "CustomResourceDefinition",
         "Deployment",
         "Pod",  # the helm test hook
+        "Role",
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
@@ -262,15 +285,21 @@ def operator_settings(objects: list[Obj]) -> tuple[Settings, bool]:
 
 def test_operator_command_line_defaults() -> None:
     settings, verbose = operator_settings(rendered("defaults"))
-    assert settings == Settings()  # the chart's defaults are the operator's: every namespace, 60 s drift, ...
+    # The release's namespace only; the rest are the operator's defaults (60 s drift, ...).
+    assert settings == Settings(namespaces=(NAMESPACE,))
     assert not verbose
+
+
+def test_operator_command_line_cluster_wide() -> None:
+    settings, _ = operator_settings(rendered("cluster-wide"))
+    assert settings == Settings(namespaces=None)
 
 
 def test_operator_command_line_carries_every_value() -> None:
     objects = rendered("everything")
     settings, verbose = operator_settings(objects)
     values = EVERYTHING["operator"]
-    assert settings.namespaces == ("miners", "validators")
+    assert settings.namespaces == (NAMESPACE, "miners", "validators")
     assert (settings.drift_interval, settings.retry_delay) == (15, 5.5)
     assert (settings.watch_server_timeout, settings.watch_client_timeout) == (120, 150)
     assert (settings.liveness_port, settings.metrics_port) == (18080, 19090)
@@ -407,9 +436,16 @@ BAD_VALUES: dict[str, tuple[Obj, str]] = {
         "miners[1] (default/m): a QuasarMiner of that name is already listed",
     ),
     "unwatched namespace": (
-        {"operator": {"watchNamespaces": ["miners"]}, "validators": [{"name": "v", "spec": {}}]},
-        "validators[0] (default/v): the operator does not watch namespace default "
-        "(operator.watchNamespaces: miners)",
+        {
+            "operator": {"watchNamespaces": ["miners"]},
+            "validators": [{"name": "v", "namespace": "x", "spec": {}}],
+        },
+        "validators[0] (x/v): the operator does not watch namespace x "
+        "(it watches default, miners: add it to operator.watchNamespaces)",
+    ),
+    "cluster-wide and a list": (
+        {"operator": {"clusterWide": True, "watchNamespaces": ["miners"]}},
+        "at '/operator/watchNamespaces': maxItems: got 1, want 0",
     ),
 }
 
@@ -485,14 +521,24 @@ def notes(*args: str) -> str:
 
 
 def test_notes_give_the_next_steps() -> None:
-    cluster_wide = notes("--namespace", NAMESPACE)
-    assert "watches every namespace" in cluster_wide
-    assert f"kubectl -n {NAMESPACE} rollout status deployment/{RELEASE}" in cluster_wide
-    assert f"helm test {RELEASE} -n {NAMESPACE}" in cluster_wide
-    assert "helm show crds <chart> | kubectl apply --server-side -f -" in cluster_wide
+    defaults = notes("--namespace", NAMESPACE)
+    assert f"watches the namespaces {NAMESPACE}." in defaults
+    assert "WARNING" not in defaults
+    assert f"kubectl -n {NAMESPACE} rollout status deployment/{RELEASE}" in defaults
+    assert f"helm test {RELEASE} -n {NAMESPACE}" in defaults
+    assert "helm show crds <chart> | kubectl apply --server-side -f -" in defaults
+    listed = notes("--namespace", NAMESPACE, *set_json({"operator": {"watchNamespaces": ["miners"]}}))
+    assert f"watches the namespaces {NAMESPACE}, miners." in listed
     example = notes("--namespace", "quasar", "--values", str(EXAMPLE))
     assert "watches the namespaces quasar." in example
     assert "created 1 QuasarMiner(s) and 1 QuasarValidator(s)" in example
+
+
+def test_notes_warn_of_a_cluster_wide_install() -> None:
+    cluster_wide = notes("--namespace", NAMESPACE, *SCENARIOS["cluster-wide"][0])
+    assert "watches every namespace" in cluster_wide
+    assert "WARNING: operator.clusterWide is set" in cluster_wide
+    assert "read every Secret and list every Pod" in cluster_wide
 
 
 # ------------------------------------------------------------------------------------------ checkov

@@ -1,4 +1,6 @@
-"""The chart's RBAC against what the operator does: exactly the permissions it uses, nothing more.
+"""The chart's RBAC against what the operator does: exactly the permissions it uses, nothing more, in each
+mode (the release's namespace, a list of namespaces, every namespace), and nothing of a namespace it does not
+watch unless asked for.
 
 The operator's own calls are recorded, not listed by hand: its reconcile pipeline and its cleanup run with
 its HTTP client against a recording server on loopback (objects absent, then present), for the resources
@@ -6,6 +8,7 @@ the chart's example creates. kopf's calls are stated with the reason for each.
 """
 
 import asyncio
+import functools
 import re
 from typing import Any
 
@@ -34,6 +37,11 @@ KOPF = (
 # runs; with a list of namespaces, also Namespaces, to serve one created after it started.
 KOPF_SCANNING = {("apiextensions.k8s.io", "customresourcedefinitions", verb) for verb in ("list", "watch")}
 KOPF_NAMESPACES = {("", "namespaces", verb) for verb in ("list", "watch")}
+# What placement reads across the cluster: Nodes (cluster-scoped), and the Pods of every namespace (granted
+# only with rbac.listPodsClusterWide or operator.clusterWide).
+NODES = {("", "nodes", "list")}
+ALL_PODS = {("", "pods", "list")}
+CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "nodes"}
 LOAD_BALANCER = {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}
 
 
@@ -107,55 +115,91 @@ def granted(rules: list[Obj]) -> set[Permission]:
     }
 
 
-def recorded_needs() -> tuple[set[Permission], set[Permission]]:
+def split(calls: set[tuple[str, str]]) -> tuple[set[Permission], set[Permission]]:
+    """The permissions calls need in their namespace, and those they need across the cluster."""
+    found = [permission(method, path) for method, path in calls]
+    return {p for p, wide in found if not wide}, {p for p, wide in found if wide}
+
+
+@functools.cache
+def recorded_needs() -> tuple[frozenset[Permission], frozenset[Permission]]:
     """What the operator's calls need in a watched namespace, and across the cluster."""
-    resources = [o for o in rendered("example") if o["kind"] in ("QuasarMiner", "QuasarValidator")]
+    resources = chart_resources()
     # And a miner with pools and its own autoscaler: it reads pods, and Nodes and Pods cluster-wide.
     full = load(EXAMPLES / "quasarminer-full.yaml")
     resources.append({**full, "metadata": {**full["metadata"], "namespace": "miners"}})
-    calls = asyncio.run(operator_calls(resources))
-    found = [permission(method, path) for method, path in calls]
-    needs = {p for p, cluster_wide in found if not cluster_wide}
-    cluster = {p for p, cluster_wide in found if cluster_wide}
+    needs, cluster = split(asyncio.run(operator_calls(resources)))
     # What the recording must have seen: every child kind written, and the wallet Secret read.
     assert {("apps", "deployments", "create"), ("apps", "statefulsets", "patch")} <= needs
     assert ("", "secrets", "get") in needs
     assert ("", "persistentvolumeclaims", "delete") in needs
     assert {("", "pods", "list"), ("policy", "poddisruptionbudgets", "create")} <= needs
-    assert cluster == {("", "nodes", "list"), ("", "pods", "list")}
-    return needs | KOPF, cluster
+    assert cluster == NODES | ALL_PODS
+    return frozenset(needs | KOPF), frozenset(cluster)
 
 
-def operator_needs() -> set[Permission]:
-    return recorded_needs()[0]
+def chart_resources() -> list[Obj]:
+    return [o for o in rendered("example") if o["kind"] in ("QuasarMiner", "QuasarValidator")]
 
 
-def test_cluster_wide_the_cluster_role_grants_exactly_what_the_operator_uses() -> None:
-    objects = rendered("defaults")
-    needs, cluster = recorded_needs()
-    assert granted(one(objects, "ClusterRole")["rules"]) == needs | cluster | KOPF_SCANNING
+def roles(objects: list[Obj]) -> dict[str, set[Permission]]:
+    """Each Role's namespace and grants, after checking its RoleBinding gives it to the operator alone."""
+    found = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "Role"}
+    bindings = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "RoleBinding"}
+    assert sorted(found) == sorted(bindings)
+    for namespace, role in found.items():
+        assert bindings[namespace]["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role["metadata"]["name"],
+        }
+        (subject,) = bindings[namespace]["subjects"]
+        assert subject == operator_account(objects)
+    return {namespace: granted(role["rules"]) for namespace, role in found.items()}
+
+
+def cluster_grants(objects: list[Obj]) -> set[Permission]:
+    """The ClusterRole's grants, after checking its ClusterRoleBinding gives it to the operator alone."""
+    role = one(objects, "ClusterRole")
     binding = one(objects, "ClusterRoleBinding")
-    account = one(objects, "ServiceAccount")["metadata"]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "ClusterRole",
-        "name": one(objects, "ClusterRole")["metadata"]["name"],
+        "name": role["metadata"]["name"],
     }
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}
-    ]
+    assert binding["subjects"] == [operator_account(objects)]
+    return granted(role["rules"])
 
 
-def test_per_namespace_a_role_in_each_and_only_scanning_cluster_wide() -> None:
-    objects = rendered("everything")
-    roles = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "Role"}
-    bindings = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "RoleBinding"}
-    assert sorted(roles) == sorted(bindings) == ["miners", "validators"]
+def operator_account(objects: list[Obj]) -> Obj:
+    account = one(objects, "ServiceAccount")["metadata"]
+    return {"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}
+
+
+def test_resources_without_pools_need_nothing_across_the_cluster() -> None:
+    # The chart's example (a miner without pools, a validator): every call stays in their namespace.
+    _, cluster = split(asyncio.run(operator_calls(chart_resources())))
+    assert cluster == set()
+
+
+def test_default_a_role_in_the_releases_namespace_and_only_cluster_scoped_reads() -> None:
+    objects = rendered("defaults")
+    needs, _ = recorded_needs()
+    assert roles(objects) == {NAMESPACE: needs}
+    # No Secret, Pod, Deployment or Service of any other namespace: only cluster-scoped kinds.
+    assert cluster_grants(objects) == KOPF_SCANNING | KOPF_NAMESPACES | NODES
+    assert {resource for _, resource, _ in cluster_grants(objects)} <= CLUSTER_SCOPED
+
+
+def test_listed_namespaces_a_role_in_each_and_pods_across_the_cluster_on_request() -> None:
+    objects = rendered("everything")  # watchNamespaces [miners, validators], rbac.listPodsClusterWide
     needs, cluster = recorded_needs()
-    for namespace, role in roles.items():
-        assert granted(role["rules"]) == needs
-        assert bindings[namespace]["roleRef"]["name"] == role["metadata"]["name"]
-        (subject,) = bindings[namespace]["subjects"]
-        assert (subject["name"], subject["namespace"]) == ("quasar-operator", NAMESPACE)
-    # No Secret, Deployment or Service anywhere else.
-    assert granted(one(objects, "ClusterRole")["rules"]) == KOPF_SCANNING | KOPF_NAMESPACES | cluster
+    assert roles(objects) == {namespace: needs for namespace in (NAMESPACE, "miners", "validators")}
+    assert cluster_grants(objects) == KOPF_SCANNING | KOPF_NAMESPACES | cluster
+
+
+def test_cluster_wide_one_cluster_role_grants_exactly_what_the_operator_uses() -> None:
+    objects = rendered("cluster-wide")
+    needs, cluster = recorded_needs()
+    assert roles(objects) == {}
+    assert cluster_grants(objects) == needs | cluster | KOPF_SCANNING

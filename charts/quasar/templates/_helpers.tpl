@@ -45,6 +45,18 @@ app.kubernetes.io/name: quasar-operator
 {{- end -}}
 
 {{/*
+The namespaces the operator watches, as a JSON list: the release's own, then operator.watchNamespaces.
+Empty with operator.clusterWide (every namespace). Read it with `include ... | fromJsonArray`.
+*/}}
+{{- define "quasar.watchedNamespaces" -}}
+{{- if .Values.operator.clusterWide -}}
+[]
+{{- else -}}
+{{- prepend .Values.operator.watchNamespaces .Release.Namespace | uniq | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 The custom resources listed under `miners` or `validators`, with the chart's images filled in where a spec
 names none. Arguments: (list $ "miners" "QuasarMiner" (list "engine" "neuron")).
 */}}
@@ -61,9 +73,9 @@ names none. Arguments: (list $ "miners" "QuasarMiner" (list "engine" "neuron")).
 {{- fail (printf "%s: a %s of that name is already listed" $where $kind) -}}
 {{- end -}}
 {{- $_ := set $seen (printf "%s/%s" $namespace $item.name) true -}}
-{{- with $root.Values.operator.watchNamespaces -}}
+{{- with include "quasar.watchedNamespaces" $root | fromJsonArray -}}
 {{- if not (has $namespace .) -}}
-{{- fail (printf "%s: the operator does not watch namespace %s (operator.watchNamespaces: %s)" $where $namespace (join ", " .)) -}}
+{{- fail (printf "%s: the operator does not watch namespace %s (it watches %s: add it to operator.watchNamespaces)" $where $namespace (join ", " .)) -}}
 {{- end -}}
 {{- end -}}
 {{- $spec := deepCopy $item.spec -}}

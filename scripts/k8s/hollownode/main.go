@@ -1,0 +1,134 @@
+// Command hollow-node runs one kubemark hollow kubelet (k8s.io/kubernetes/pkg/kubemark: a real kubelet over a
+// fake container runtime) that stays on one loopback address.
+//
+// kubemark's own command (`kubemark --morph=kubelet`) cannot: its kubelet listens on 0.0.0.0, its health
+// server on the fixed 127.0.0.1:10248 (two nodes on one machine collide), and with no node IP to give it the
+// kubelet looks its node name up in DNS and falls back to the default route's interface, an address outside
+// 127.0.0.0/8 that the API server then dials for logs and exec. This command sets the node IP, binds the
+// kubelet to it, and turns the read-only and health ports off.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	clientset "k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	remote "k8s.io/cri-client/pkg"
+	fakeremote "k8s.io/cri-client/pkg/fake"
+	cadvisortest "k8s.io/kubernetes/pkg/kubelet/cadvisor/testing"
+	"k8s.io/kubernetes/pkg/kubelet/cm"
+	"k8s.io/kubernetes/pkg/kubemark"
+)
+
+type options struct {
+	kubeconfig string
+	name       string
+	nodeIP     string
+	port       int
+	labels     string
+	maxPods    int
+}
+
+func parseLabels(text string) (map[string]string, error) {
+	labels := map[string]string{}
+	if text == "" {
+		return labels, nil
+	}
+	for _, pair := range strings.Split(text, ",") {
+		key, value, found := strings.Cut(pair, "=")
+		if !found {
+			return nil, fmt.Errorf("--labels: %q is not key=value", pair)
+		}
+		labels[key] = value
+	}
+	return labels, nil
+}
+
+func run(ctx context.Context, opts options) error {
+	labels, err := parseLabels(opts.labels)
+	if err != nil {
+		return err
+	}
+	clientConfig, err := clientcmd.BuildConfigFromFlags("", opts.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("--kubeconfig %s: %w", opts.kubeconfig, err)
+	}
+	clientConfig.UserAgent = "hollow-kubelet"
+	client, err := clientset.NewForConfig(clientConfig)
+	if err != nil {
+		return err
+	}
+
+	flags, config := kubemark.GetHollowKubeletConfig(&kubemark.HollowKubeletOptions{
+		NodeName:    opts.name,
+		KubeletPort: opts.port,
+		MaxPods:     opts.maxPods,
+		NodeLabels:  labels,
+	})
+	flags.NodeIP = opts.nodeIP
+	config.Address = opts.nodeIP
+	config.ReadOnlyPort = 0
+	config.HealthzPort = 0
+
+	// Node heartbeats must not wait behind other requests, nor outlive a lease (as kubemark sets them up).
+	heartbeatConfig := *clientConfig
+	heartbeatConfig.Timeout = min(config.NodeStatusUpdateFrequency.Duration,
+		time.Duration(config.NodeLeaseDurationSeconds)*time.Second)
+	heartbeatConfig.QPS = -1
+	heartbeatClient, err := clientset.NewForConfig(&heartbeatConfig)
+	if err != nil {
+		return err
+	}
+
+	endpoint, err := fakeremote.GenerateEndpoint()
+	if err != nil {
+		return fmt.Errorf("fake runtime endpoint: %w", err)
+	}
+	fakeRuntime := fakeremote.NewFakeRemoteRuntime()
+	if err := fakeRuntime.Start(endpoint); err != nil {
+		return fmt.Errorf("fake runtime: %w", err)
+	}
+	defer fakeRuntime.Stop()
+	runtimeService, err := remote.NewRemoteRuntimeServiceBuilder().WithEndpoint(endpoint).
+		WithConnectionTimeout(15 * time.Second).Build(ctx)
+	if err != nil {
+		return fmt.Errorf("fake runtime client: %w", err)
+	}
+
+	kubelet := kubemark.NewHollowKubelet(flags, config, client, heartbeatClient,
+		&cadvisortest.Fake{NodeName: opts.name}, fakeRuntime.ImageService, runtimeService,
+		cm.NewStubContainerManager())
+	go kubelet.Run(ctx)
+	<-ctx.Done()
+	return nil
+}
+
+func main() {
+	var opts options
+	flag.StringVar(&opts.kubeconfig, "kubeconfig", "", "kubeconfig of the node's identity (system:node:NAME)")
+	flag.StringVar(&opts.name, "name", "", "node name")
+	flag.StringVar(&opts.nodeIP, "node-ip", "", "loopback address the kubelet listens on and reports")
+	flag.IntVar(&opts.port, "port", 0, "kubelet port")
+	flag.StringVar(&opts.labels, "labels", "", "node labels, key=value,...")
+	flag.IntVar(&opts.maxPods, "max-pods", 110, "pods the node accepts")
+	klog.InitFlags(nil)
+	flag.Parse()
+	if opts.kubeconfig == "" || opts.name == "" || opts.nodeIP == "" || opts.port == 0 {
+		fmt.Fprintln(os.Stderr, "hollow-node: --kubeconfig, --name, --node-ip and --port are required")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, opts); err != nil {
+		fmt.Fprintf(os.Stderr, "hollow-node: %v\n", err)
+		os.Exit(1)
+	}
+}

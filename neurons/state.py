@@ -1,19 +1,26 @@
 """The validator's persisted state: moving-average scores, hotkeys per uid, rounds and the last weights block.
 
-One JSON file, written atomically (temp file + os.replace) after every round, so a crash or restart loses at
-most the round in flight. The file names its schema version, netuid and validator hotkey: loading a file
-that is corrupt or belongs to another subnet, validator or schema raises StateError naming the file and
-the problem. It is never silently reset: scores are what the validator's weights stand on.
+One JSON file, written durably after every round, so a crash, restart or power loss loses at most the
+round in flight: a temp file beside it is written and fsynced, renamed over it, and the folder fsynced so
+the rename itself survives. Temp files a crash left behind are removed when the state is next loaded.
+The file names its schema version, netuid and validator hotkey: loading a file that is corrupt or belongs
+to another subnet, validator or schema raises StateError naming the file and the problem. It is never
+silently reset: scores are what the validator's weights stand on.
 """
 
+import glob
 import json
+import logging
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluation.files import write_json_atomic
 from neurons.rounds import Scores
+
+log = logging.getLogger("quasar.validator")
 
 SCHEMA_VERSION = 1
 
@@ -60,12 +67,53 @@ def _by_uid(scores: dict[int, float]) -> dict[str, float]:
     return {str(uid): score for uid, score in sorted(scores.items())}
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+_TEMP_SUFFIX = ".tmp"
+
+
 def save(path: Path, state: ValidatorState) -> None:
-    write_json_atomic(path, state.to_json())
+    """Replace the file at `path` with `state`, durably: the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(state.to_json(), handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable: until its directory entry is on disk, a power loss can undo it."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Remove the temp files that saves of `path` interrupted by a crash left beside it."""
+    if not path.parent.is_dir():
+        return
+    for temp in sorted(path.parent.glob(f"{glob.escape(_temp_prefix(path))}*{_TEMP_SUFFIX}")):
+        log.warning("removing %s, left by a save that did not finish", temp)
+        temp.unlink(missing_ok=True)
 
 
 def load(path: Path, netuid: int, hotkey: str) -> ValidatorState:
-    """The state saved at `path` for this netuid and hotkey; a fresh state where no file exists yet."""
+    """The state saved at `path` for this netuid and hotkey; a fresh state where no file exists yet.
+
+    Loading starts a validator's use of the file: temp files of saves a crash interrupted are removed
+    (one validator owns a state file; its saves all run after this)."""
+    _remove_stale_temp_files(path)
     if not path.exists():
         return ValidatorState(netuid, hotkey)
     try:

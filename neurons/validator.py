@@ -294,7 +294,9 @@ class Validator:
         if self._weights_task is not None and not self._weights_task.done():
             return
         last = self.state.last_weights_block
-        if last is not None and snapshot.block - last < self.config.epoch_length:
+        # A block behind the saved one means another chain (a fresh FakeChain after a restart, a reset
+        # devnet): the saved block says nothing about it, so weights are due rather than blocked forever.
+        if last is not None and 0 <= snapshot.block - last < self.config.epoch_length:
             return
         self._weights_task = asyncio.create_task(self.set_weights(snapshot), name="set-weights")
 
@@ -316,7 +318,7 @@ class Validator:
                 if attempt + 1 < self.config.weight_attempts:
                     await asyncio.sleep(self.config.weight_backoff_s * 2**attempt)
                 continue
-            log.info("weights set at block %d for %d uids", snapshot.block, len(weights))
+            log.info("weights set at block %d for %s", snapshot.block, _count(len(weights), "uid"))
             self.state.last_weights_block = snapshot.block
             self.save()
             return
@@ -345,6 +347,11 @@ class Validator:
                     listener(result, self.state)
                 await _pause(stop, self.config.round_pause_s)
         await self.finish_weights()
+
+
+def _count(number: int, noun: str) -> str:
+    """ "1 uid", "3 uids"."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:

@@ -3,6 +3,7 @@ state kept across restarts, weights on the FakeChain with retries, scoring while
 
 import asyncio
 import functools
+import logging
 import os
 import socket
 import subprocess
@@ -192,8 +193,13 @@ async def test_restart_keeps_state_and_replaced_hotkeys_start_from_zero(
 
 @run_async
 async def test_weights_are_set_after_chain_errors(
-    tmp_path: Path, wallet_path: Path, validator_wallet: bittensor.Wallet, tokenizer: Tokenizer
+    tmp_path: Path,
+    wallet_path: Path,
+    validator_wallet: bittensor.Wallet,
+    tokenizer: Tokenizer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, "quasar.validator")
     async with subnet(wallet_path, validator_wallet, {"reader": read_answer, "wrong": lambda p: "?"}) as net:
         net.chain.fail_next_set_weights = 2
         config = config_for(tmp_path, rounds=1, epoch_length=1)
@@ -202,10 +208,36 @@ async def test_weights_are_set_after_chain_errors(
         await validator.run()
     assert net.chain.fail_next_set_weights == 0
     assert net.chain.weights[hotkey] == [([net.uids["reader"]], [1.0])]
+    assert f"weights set at block {validator.state.last_weights_block} for 1 uid" in caplog.messages
     assert validator.state.last_weights_block is not None
     assert (
         state_io.load(config.state_path, NETUID, hotkey).last_weights_block
         == validator.state.last_weights_block
+    )
+
+
+@run_async
+async def test_a_restart_on_a_new_chain_sets_weights_again(
+    tmp_path: Path, wallet_path: Path, validator_wallet: bittensor.Wallet, tokenizer: Tokenizer
+) -> None:
+    """Mock mode's restart: the saved last-weights block comes from a chain whose counter ran ahead of the
+    fresh FakeChain's; weights must still be set on the new chain."""
+    hotkey = validator_wallet.hotkey.ss58_address
+    config = config_for(tmp_path, rounds=3, epoch_length=2)
+    async with subnet(wallet_path, validator_wallet, {"reader": read_answer}) as first:
+        before = make_validator(config, first.chain.view(hotkey), validator_wallet, tokenizer)
+        await before.run()
+    saved_block = state_io.load(config.state_path, NETUID, hotkey).last_weights_block
+    assert saved_block is not None
+    async with subnet(wallet_path, validator_wallet, {"reader": read_answer}) as second:
+        after = make_validator(
+            replace(config, rounds=1), second.chain.view(hotkey), validator_wallet, tokenizer
+        )
+        await after.run()
+        assert second.chain.block < saved_block  # the new chain is behind what the state remembers
+    assert second.chain.weights[hotkey] == [([second.uids["reader"]], [1.0])]
+    assert (
+        after.state.last_weights_block == state_io.load(config.state_path, NETUID, hotkey).last_weights_block
     )
 
 

@@ -2,6 +2,7 @@
 the miner uses (evaluation.engines.make_engine("tgi", ...)), on the tiny model."""
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -17,6 +18,8 @@ from typing import Any, TypeVar
 import httpx2
 import pytest
 from huggingface_hub import AsyncInferenceClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from evaluation.engines import EngineError, EngineInfo, Generation, make_engine
 from evaluation.local_model import ensure_local_model
@@ -33,14 +36,16 @@ class HostedServer:
     """The engine server on an event loop of its own, in a thread: each test drives it with asyncio.run,
     as the neurons' own clients would from another process."""
 
-    def __init__(self, model: Path) -> None:
+    def __init__(
+        self, model: Path, max_input_tokens: int = MAX_INPUT_TOKENS, max_total_tokens: int = MAX_TOTAL_TOKENS
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine-server", daemon=True)
         self._thread.start()
         start = start_engine_server(
             str(model),
-            max_input_tokens=MAX_INPUT_TOKENS,
-            max_total_tokens=MAX_TOTAL_TOKENS,
+            max_input_tokens=max_input_tokens,
+            max_total_tokens=max_total_tokens,
             payload_limit=PAYLOAD_LIMIT,
             shutdown_timeout_s=1.0,
         )
@@ -323,3 +328,113 @@ def test_truncate_keeps_the_end_of_the_prompt_and_full_text_prepends_it(server: 
         .json()["generated_text"]
         .startswith(PROMPT)
     )
+
+
+# --- hostile input: every client mistake gets a 4xx naming what was wrong, never a 5xx
+
+_NESTED_TOO_DEEP_FOR_THE_DECODER = b'{"inputs": "x", "parameters": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+_NESTED_PAST_THE_LIMIT = b'{"inputs": "x", "parameters": {"stop": ' + b"[" * 40 + b"]" * 40 + b"}}"
+HOSTILE_BODIES: list[tuple[bytes, int, str]] = [
+    # (raw body, status, what the message must name)
+    (
+        rb'{"inputs": "a lone \ud800 surrogate"}',
+        400,
+        "`inputs` is not valid Unicode: a lone surrogate (\\ud800)",
+    ),
+    (rb'{"inputs": "x", "\udc00": 1}', 400, "a key in `body` is not valid Unicode"),
+    (
+        rb'{"inputs": "x", "parameters": {"stop": ["\udbff"]}}',
+        400,
+        "`parameters.stop[0]` is not valid Unicode",
+    ),
+    (_NESTED_TOO_DEEP_FOR_THE_DECODER, 400, "nests deeper than 32 levels"),
+    (_NESTED_PAST_THE_LIMIT, 400, "`parameters.stop" + "[0]" * 30 + "` nests deeper than 32 levels"),
+    (
+        b'{"inputs": "x", "parameters": {"max_new_tokens": 1' + b"0" * 30 + b"}}",
+        422,
+        "`parameters.max_new_tokens` is out of range",
+    ),
+    (
+        b'{"inputs": "x", "parameters": {"truncate": -1' + b"0" * 30 + b"}}",
+        422,
+        "`parameters.truncate` is out of range",
+    ),
+    (
+        b'{"inputs": "x", "parameters": {"temperature": 1e400}}',
+        422,
+        "`parameters.temperature` is out of range",
+    ),
+    (b'{"inputs": "x", "parameters": {"max_new_tokens": ' + b"9" * 5000 + b"}}", 400, "Failed to parse"),
+    (b'{"inputs": "x", "parameters": {"temperature": NaN}}', 400, "NaN is not a JSON number"),
+    (b'{"inputs": 5}', 422, "`inputs` must be a string"),
+    (b'{"inputs": "x", "parameters": "fast"}', 422, "`parameters` must be an object"),
+    (b'{"inputs": "x", "parameters": {"max_new_tokens": "5"}}', 422, "`max_new_tokens` must be an integer"),
+    (b'{"inputs": "x", "parameters": {"truncate": 1.5}}', 422, "`truncate` must be an integer"),
+    (b'{"inputs": "x", "parameters": {"max_new_tokens": true}}', 422, "`max_new_tokens` must be an integer"),
+    (b'{"inputs": "x", "parameters": {"stop": [' + b'"x", ' * 5000 + b'"x"]}}', 422, "`stop` = ['x', 'x'"),
+    (b"[1, 2]", 422, "must be a JSON object"),
+    (b"\xff\xfe{", 400, "Failed to parse"),
+]
+
+
+@pytest.mark.parametrize("path", ["/generate", "/"])
+@pytest.mark.parametrize(("raw", "status", "named"), HOSTILE_BODIES)
+def test_hostile_bodies_get_a_4xx_naming_the_field(
+    server: HostedServer, path: str, raw: bytes, status: int, named: str
+) -> None:
+    answer = httpx2.post(
+        server.url + path, content=raw, headers={"Content-Type": "application/json"}, timeout=30
+    )
+    assert answer.status_code == status, answer.text
+    error = answer.json()
+    assert error["error_type"] == "validation"
+    assert named in error["error"]
+    assert len(error["error"]) < 300  # a megabyte value is not echoed back
+
+
+def test_hostile_bodies_to_the_stream_get_a_4xx_or_an_error_event(server: HostedServer) -> None:
+    for raw, status, named in HOSTILE_BODIES:
+        answer = httpx2.post(server.url + "/generate_stream", content=raw, timeout=30)
+        if answer.status_code == 200:  # a field's type is checked once streaming began, as TGI does
+            assert named in answer.text
+        else:
+            assert answer.status_code == status
+            assert named in answer.json()["error"]
+
+
+@pytest.fixture(scope="module")
+def small_server(local_model: Path) -> Iterator[HostedServer]:
+    """A server whose context is 48 tokens, so a random body that happens to be valid generates quickly."""
+    hosted = HostedServer(local_model, max_input_tokens=40, max_total_tokens=48)
+    yield hosted
+    hosted.close()
+
+
+# Any character, lone surrogates included (JSON's \u escapes can spell them).
+_TEXT = st.text(st.characters(exclude_categories=()), max_size=12)
+_FIELDS = st.sampled_from(
+    ["inputs", "parameters", "stream", "max_new_tokens", "truncate", "details", "stop", "temperature"]
+)
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()  # NaN and infinities are written as JSON's non-standard literals
+    | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_FIELDS | _TEXT, inner, max_size=3),
+    max_leaves=12,
+)
+_BODIES = st.one_of(
+    st.dictionaries(_FIELDS, _JSON, max_size=4).map(lambda body: json.dumps(body).encode()),
+    _JSON.map(lambda body: json.dumps(body).encode()),
+    st.binary(max_size=64),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(["/generate", "/", "/generate_stream"]), raw=_BODIES)
+def test_no_body_gets_a_5xx(small_server: HostedServer, path: str, raw: bytes) -> None:
+    answer = httpx2.post(small_server.url + path, content=raw, timeout=30)
+    assert answer.status_code < 500, answer.text
+    if answer.status_code >= 400 and answer.status_code != 413:
+        assert answer.json()["error"]  # a JSON error saying what was wrong

@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint typecheck unit
+.PHONY: install run test lint typecheck unit cluster e2e
 install: $(VENV)/.installed
 
 # checkov (the chart's and images' security checks) lives in a venv of its own: its pins would downgrade
@@ -35,3 +35,11 @@ unit: install
 	$(BIN)/pytest
 
 test: lint typecheck unit
+
+# A real control plane on loopback (docs/cluster.md). The first run on a machine builds Kubernetes from the Go
+# module proxy (cached in ~/.cache/quasar/k8s); `cluster` prints its kubeconfig and runs until Ctrl-C.
+cluster: install
+	$(BIN)/python scripts/k8s/cluster.py
+
+e2e: install
+	QUASAR_E2E=1 $(BIN)/pytest tests/e2e

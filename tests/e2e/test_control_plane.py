@@ -1,0 +1,222 @@
+"""The cluster itself, the CRDs and the chart on a real API server, scheduler and hollow GPU nodes."""
+
+import ipaddress
+import json
+import time
+import urllib.error
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from scripts.k8s import cluster as k8s
+from tests import test_crds
+from tests.e2e.conftest import REPO, Kube
+
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+EXAMPLES = sorted((REPO / "crds" / "examples").glob("*.yaml"))
+CHART = REPO / "charts" / "quasar"
+CHART_EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
+
+
+def eventually(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def get(kube: Kube, *args: str) -> Any:
+    return json.loads(kube.kubectl("get", "-o", "json", *args).stdout)
+
+
+# ------------------------------------------------------------------------------------------ the cluster
+
+
+def test_api_server_reports_the_built_version(cluster: k8s.Cluster, kube: Kube) -> None:
+    client = json.loads(kube.kubectl("version", "-o", "json").stdout)
+    assert cluster.version() == client["serverVersion"]["gitVersion"] == client["clientVersion"]["gitVersion"]
+
+
+def test_hollow_nodes_are_ready_gpu_pools_on_loopback(cluster: k8s.Cluster) -> None:
+    nodes = {node["metadata"]["name"]: node for node in cluster.nodes()}
+    expected = dict(k8s.node_names())
+    assert set(nodes) == set(expected)
+    for name, pool in expected.items():
+        node = nodes[name]
+        assert node["metadata"]["labels"][k8s.POOL_LABEL] == pool.name
+        assert any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
+        assert node["status"]["capacity"][k8s.GPU] == str(pool.gpus_per_node)
+        assert node["status"]["allocatable"][k8s.GPU] == str(pool.gpus_per_node)
+        addresses = [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"]
+        assert addresses
+        assert all(ipaddress.ip_address(a) in LOOPBACK for a in addresses)
+        assert ipaddress.IPv4Network(node["spec"]["podCIDR"]).subnet_of(
+            ipaddress.IPv4Network(k8s.CLUSTER_CIDR)
+        )
+
+
+def test_a_gpu_deployment_is_scheduled_on_its_pool_and_collected_when_deleted(
+    kube: Kube, namespace: str
+) -> None:
+    pool = k8s.POOLS[0]
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "gpu", "namespace": namespace},
+        "spec": {
+            "replicas": pool.nodes,
+            "selector": {"matchLabels": {"app": "gpu"}},
+            "template": {
+                "metadata": {"labels": {"app": "gpu"}},
+                "spec": {
+                    "nodeSelector": {k8s.POOL_LABEL: pool.name},
+                    "containers": [
+                        {"name": "engine", "image": "engine:1", "resources": {"limits": {k8s.GPU: "1"}}}
+                    ],
+                },
+            },
+        },
+    }
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(deployment))
+    kube.kubectl("rollout", "status", "-n", namespace, "deployment/gpu", "--timeout=90s")
+    pods = get(kube, "pods", "-n", namespace, "-l", "app=gpu")["items"]
+    assert len(pods) == pool.nodes
+    assert {p["spec"]["nodeName"] for p in pods} <= {n for n, p in k8s.node_names() if p == pool}
+
+    # The garbage collector removes the ReplicaSet and its pods through their owner references.
+    kube.kubectl("delete", "-n", namespace, "deployment/gpu", "--cascade=background")
+    eventually(
+        "ReplicaSet and pods collected",
+        lambda: not get(kube, "replicasets,pods", "-n", namespace, "-l", "app=gpu")["items"],
+    )
+
+
+def test_the_api_server_reaches_nothing_outside_loopback(
+    cluster: k8s.Cluster, kube: Kube, namespace: str
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "namespace": namespace},
+        "spec": {"containers": [{"name": "web", "image": "web:1", "ports": [{"containerPort": 8080}]}]},
+    }
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
+    kube.kubectl("wait", "-n", namespace, "pod/web", "--for=condition=Ready", "--timeout=60s")
+    pod_ip = get(kube, "-n", namespace, "pod/web")["status"]["podIP"]
+    assert ipaddress.ip_address(pod_ip) not in LOOPBACK  # the fake runtime's address for every pod
+
+    # The API server's proxy to the pod goes through the egress guard, which refuses the address.
+    with pytest.raises(urllib.error.HTTPError):
+        cluster.request("GET", f"/api/v1/namespaces/{namespace}/pods/web:8080/proxy/")
+    assert f"{pod_ip}:8080" in cluster.refusals.read_text(encoding="utf-8").split()
+    # Its way to the kubelets (logs, exec) is open: they are on loopback.
+    logs = kube.kubectl("logs", "-n", namespace, "pod/web", check=False)
+    assert "error dialing backend" not in logs.stderr
+
+
+# ------------------------------------------------------------------------------------------ CRDs
+
+
+@pytest.mark.usefixtures("crds_installed")
+def test_crds_are_established(kube: Kube) -> None:
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        name = yaml.safe_load(path.read_text(encoding="utf-8"))["metadata"]["name"]
+        conditions = get(kube, "crd", name)["status"]["conditions"]
+        assert {c["type"]: c["status"] for c in conditions}["Established"] == "True"
+
+
+@pytest.mark.usefixtures("crds_installed")
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_apply(kube: Kube, namespace: str, path: Path) -> None:
+    kube.kubectl("apply", "-n", namespace, "-f", str(path))
+    body = test_crds.load(path)
+    stored = get(kube, "-n", namespace, body["kind"], body["metadata"]["name"])
+    # The server's structural defaulting fills in what the offline model of it (tests/test_crds.py) does.
+    schema = test_crds.root_schema(test_crds.CRD_OF_KIND[body["kind"]]())
+    assert stored["spec"] == test_crds.apply_defaults(schema, body)["spec"]
+
+
+def parametrized(test: Callable[..., None]) -> list[Any]:
+    """The cases a test in tests/test_crds.py is parametrized with (reused, not copied)."""
+    (mark,) = [m for m in getattr(test, "pytestmark", []) if m.name == "parametrize"]
+    cases: list[Any] = mark.args[1]
+    return cases
+
+
+def miner(spec: dict[str, Any]) -> dict[str, Any]:
+    return test_crds.miner_with(**spec)
+
+
+def validator(spec: dict[str, Any]) -> dict[str, Any]:
+    body = test_crds.load(test_crds.EXAMPLES / "quasarvalidator.yaml")
+    body["spec"] = {**body["spec"], **spec}
+    return body
+
+
+INVALID = [
+    *[(miner, spec) for spec, _ in parametrized(test_crds.test_bad_miner_specs)],
+    *[(validator, spec) for spec, _ in parametrized(test_crds.test_bad_validator_specs)],
+    *[
+        (miner, spec)
+        for spec, _ in parametrized(test_crds.test_placement_and_autoscaling_rules_agree_in_cel_and_models)
+    ],
+]
+
+
+@pytest.mark.usefixtures("crds_installed")
+@pytest.mark.parametrize(
+    ("make", "spec"), INVALID, ids=lambda v: json.dumps(v) if isinstance(v, dict) else ""
+)
+def test_the_api_server_judges_bad_specs_as_the_cel_oracle_does(
+    kube: Kube, namespace: str, make: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any]
+) -> None:
+    body = make(spec)
+    body["metadata"]["namespace"] = namespace
+    kind = body["kind"]
+    expected = test_crds.api_server_errors(kind, body)
+    answer = kube.kubectl("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(body), check=False)
+    # Refused exactly when the offline oracle (schema, strict fields, cel-python) says the server refuses.
+    assert (answer.returncode != 0) == bool(expected), answer.stderr
+    for error in test_crds.cel_errors(kind, body):
+        assert error.split(": ", 1)[1] in answer.stderr  # the CRD's own message
+    schema = test_crds.root_schema(test_crds.CRD_OF_KIND[kind]())
+    for field in test_crds.unknown_fields(schema, body):
+        assert f'unknown field "{field}"' in answer.stderr
+
+
+# ------------------------------------------------------------------------------------------ the chart
+
+
+def manifest_objects(kube: Kube, release: str, namespace: str) -> str:
+    return kube.helm("get", "manifest", release, "-n", namespace).stdout
+
+
+def test_helm_install_creates_the_chart_and_uninstall_removes_it(kube: Kube, namespace: str) -> None:
+    kube.helm("install", "quasar", str(CHART), "-n", namespace, "--wait", "--timeout=120s")
+    manifest = manifest_objects(kube, "quasar", namespace)
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(manifest) if doc}
+    assert {"Deployment", "ServiceAccount", "Service"} <= kinds
+    created = kube.kubectl("get", "-n", namespace, "-f", "-", "-o", "name", stdin=manifest).stdout.split()
+    assert len(created) == sum(1 for doc in yaml.safe_load_all(manifest) if doc)
+    assert get(kube, "crd", "quasarminers.quasar.ai")["metadata"]["name"]  # from the chart's crds/
+
+    kube.helm("uninstall", "quasar", "-n", namespace, "--wait", "--timeout=120s")
+    left = kube.kubectl("get", "-n", namespace, "-f", "-", "--ignore-not-found", "-o", "name", stdin=manifest)
+    assert left.stdout.split() == []
+
+
+@pytest.mark.parametrize("values", CHART_EXAMPLES, ids=lambda p: p.name)
+def test_chart_examples_install(kube: Kube, namespace: str, values: Path) -> None:
+    given = yaml.safe_load(values.read_text(encoding="utf-8"))
+    # The example names its namespace for the operator to watch; here it is the test's own.
+    watch = ["--set-json", f'operator.watchNamespaces=["{namespace}"]']
+    kube.helm("install", "example", str(CHART), "-n", namespace, "-f", str(values), *watch)
+    for kind, key in (("quasarminer", "miners"), ("quasarvalidator", "validators")):
+        names = {item["metadata"]["name"] for item in get(kube, kind, "-n", namespace)["items"]}
+        assert names == {entry["name"] for entry in given.get(key, [])}
+    kube.helm("uninstall", "example", "-n", namespace, "--wait", "--timeout=120s")
+    assert get(kube, "quasarminers,quasarvalidators", "-n", namespace)["items"] == []

@@ -3,9 +3,16 @@
 The validator signs the exact compressed body it sends, bound to the receiving miner's hotkey; the miner
 verifies the signature, freshness and receiver before it decompresses or parses anything. Only the headers
 differ per miner, so one encoded body serves a whole round.
+
+One identity per request: `read_claim` is the only reader of a request's authentication headers. It refuses
+a request that sends any of them more than once (in any letter case), so the hotkey the miner checks for a
+validator permit before reading the body is the very one whose signature `RequestVerifier.verify_claim`
+checks afterwards: the headers it verifies are the claim's, not the request's.
 """
 
+from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import bittensor
@@ -14,6 +21,16 @@ from bittensor import http_auth
 from neurons.protocol import QUERY_PATH
 
 _METHOD = "POST"
+# Every header bittensor's http_auth.verify reads; each may appear at most once in a request.
+AUTH_HEADERS = (
+    http_auth.HEADER_VERSION,
+    http_auth.HEADER_HOTKEY,
+    http_auth.HEADER_RECEIVER,
+    http_auth.HEADER_NONCE,
+    http_auth.HEADER_CRYPTO,
+    http_auth.HEADER_SIGNATURE,
+)
+_AUTH_HEADER_BY_LOWER = {name.lower(): name for name in AUTH_HEADERS}
 # Why a request was refused, as a short stable code (metrics labels, logs); str(error) is for humans.
 _CODES: tuple[tuple[type[http_auth.AuthError], str], ...] = (
     (http_auth.MalformedAuth, "malformed"),
@@ -40,13 +57,42 @@ def signed_headers(wallet: bittensor.Wallet, body: bytes, receiver_hotkey: str) 
     return http_auth.sign(wallet, method=_METHOD, path=QUERY_PATH, body=body, receiver_ss58=receiver_hotkey)
 
 
-def caller_hotkey(headers: Mapping[str, str]) -> str:
-    """The hotkey the sender claims, unverified: enough to refuse non-validators before reading the body."""
-    wanted = http_auth.HEADER_HOTKEY.lower()
+@dataclass(frozen=True)
+class Claim:
+    """Who a request says it is, unverified: enough to refuse non-validators before reading the body.
+
+    `headers` holds the request's authentication headers, each exactly once, under lower-case names;
+    verification reads these and nothing else.
+    """
+
+    hotkey: str
+    headers: Mapping[str, str]
+
+
+def read_claim(headers: Mapping[str, str]) -> Claim:
+    """The request's claim from its headers (a multidict: `.items()` yields every occurrence).
+
+    Raises AuthError (code `repeated_header`) naming a header sent twice, or (`malformed`) when the hotkey
+    is missing or empty.
+    """
+    seen: dict[str, str] = {}
+    counts: Counter[str] = Counter()
     for key, value in headers.items():
-        if key.lower() == wanted and value:
-            return value
-    raise AuthError(f"missing header {http_auth.HEADER_HOTKEY}")
+        lower = key.lower()
+        if lower in _AUTH_HEADER_BY_LOWER:
+            counts[lower] += 1
+            seen[lower] = value
+    repeated = [_AUTH_HEADER_BY_LOWER[lower] for lower, count in counts.items() if count > 1]
+    if repeated:
+        raise AuthError(
+            f"header {repeated[0]} sent {counts[repeated[0].lower()]} times: each authentication header "
+            "must appear once",
+            "repeated_header",
+        )
+    hotkey = seen.get(http_auth.HEADER_HOTKEY.lower())
+    if not hotkey:
+        raise AuthError(f"missing header {http_auth.HEADER_HOTKEY}")
+    return Claim(hotkey, seen)
 
 
 class RequestVerifier:
@@ -68,9 +114,13 @@ class RequestVerifier:
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> str:
         """Returns the authenticated sender hotkey; raises AuthError on any failure."""
+        return self.verify_claim(read_claim(headers), body)
+
+    def verify_claim(self, claim: Claim, body: bytes) -> str:
+        """The claim's hotkey once its signature over `body` verifies; raises AuthError on any failure."""
         try:
             caller = http_auth.verify(
-                headers,
+                claim.headers,
                 body,
                 method=_METHOD,
                 path=QUERY_PATH,

@@ -3,11 +3,13 @@
 `python neurons/miner.py ...` or `quasar miner ...`. One aiohttp server:
 
 - `POST /v1/query` (protocol.QUERY_PATH): checks run cheapest first, and everything that can refuse a
-  request without its body runs before the body is read: the claimed caller hotkey (401), the metagraph
-  rules (registered, validator permit, minimum stake: 403 naming the rule), the declared size (413); then
-  the signature over the raw body (401), the request's fields (400 naming the field) and its deadline
-  (408). The engine's refusals come back as HTTP statuses a validator can act on: engine unreachable 503,
-  no answer before the deadline 504, prompt over the engine's token limits 413 with the engine's numbers.
+  request without its body runs before the body is read: the claimed caller hotkey, each authentication
+  header once (401), the metagraph rules (registered, validator permit, minimum stake: 403 naming the
+  rule), the declared size (413); then the signature over the raw body (401; the hotkey it verifies is the
+  claimed one, and is checked against the metagraph again), the request's fields (400 naming the field,
+  `max_new_tokens` within this miner's cap) and its deadline (408). The engine's refusals come back as
+  HTTP statuses a validator can act on: engine unreachable 503, no answer before the deadline 504, prompt
+  over the engine's token limits 413 with the engine's numbers.
 - `GET /healthz` (the process is alive), `GET /readyz` (the engine answers `/info` with the configured
   model, and this hotkey's endpoint on chain is the one announced), `GET /metrics` (Prometheus).
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -40,8 +43,10 @@ from prometheus_client import (
 
 from evaluation.engines import Engine, EngineError, EngineInfo, make_engine
 from evaluation.errors import InputError
+from evaluation.http_guard import GuardedSite, GuardLimits, serve_guarded
+from evaluation.tasks import TASKS
 from neurons import protocol
-from neurons.auth import AuthError, RequestVerifier, caller_hotkey
+from neurons.auth import AuthError, RequestVerifier, read_claim
 from neurons.chain import Chain, ChainError, MetagraphSnapshot
 from neurons.flags import add_wallet_and_chain_arguments
 
@@ -57,6 +62,8 @@ DEFAULT_ENGINE_URL = "http://127.0.0.1:8080"  # `quasar engine serve`'s default 
 ENGINE_PROBE_TTL_S = 5.0
 # /info is answered by TGI's router even while a long prefill runs: a slow answer means trouble.
 ENGINE_PROBE_TIMEOUT_S = 10.0
+# The longest answer any task asks for: a validator has no reason to ask for more, an attacker every reason.
+DEFAULT_MAX_NEW_TOKENS = max(task.max_new_tokens for task in TASKS.values())
 LATENCY_BUCKETS_S = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
 
 
@@ -78,9 +85,11 @@ class MinerConfig:
     engine_kind: EngineKindFlag = "tgi"
     engine_timeout_s: float = DEFAULT_ENGINE_TIMEOUT_S
     min_stake: float = DEFAULT_MIN_STAKE
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     debug: bool = False
     sync_interval_s: float = 60.0
     engine_probe_ttl_s: float = ENGINE_PROBE_TTL_S
+    guard: GuardLimits = field(default_factory=GuardLimits)  # HTTP timeouts and limits (http_guard)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -133,6 +142,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         default=DEFAULT_ENGINE_TIMEOUT_S,
         help="most seconds one generation may take; a request's deadline may cut it shorter (default: 3600)",
     )
+    engine.add_argument(
+        "--miner.max_new_tokens",
+        dest="max_new_tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help="most new tokens a query may ask for; more is refused with 400 "
+        f"(default: {DEFAULT_MAX_NEW_TOKENS}, the largest any task asks for)",
+    )
     parser.add_argument(
         "--blacklist.min_stake",
         dest="min_stake",
@@ -151,6 +168,8 @@ def config_from_args(args: argparse.Namespace) -> MinerConfig:
             raise InputError(flag, f"not a TCP port: {port}")
     if args.engine_timeout <= 0:
         raise InputError("--engine.timeout", f"must be positive, got {args.engine_timeout:g}")
+    if args.max_new_tokens < 1:
+        raise InputError("--miner.max_new_tokens", f"must be at least 1, got {args.max_new_tokens}")
     if args.min_stake < 0:
         raise InputError("--blacklist.min_stake", f"must not be negative, got {args.min_stake:g}")
     if not args.engine_url.startswith(("http://", "https://")):
@@ -180,6 +199,7 @@ def config_from_args(args: argparse.Namespace) -> MinerConfig:
         engine_kind=args.engine_kind,
         engine_timeout_s=args.engine_timeout,
         min_stake=args.min_stake,
+        max_new_tokens=args.max_new_tokens,
         debug=args.debug,
     )
 
@@ -238,6 +258,19 @@ def too_large_body(size: int | None, limit: int) -> Refusal:
     return Refusal(
         413, "too_large", f"{said} over the {limit}-byte limit on requests", {"max_body_bytes": limit}
     )
+
+
+def check_max_new_tokens(requested: int, cap: int) -> Refusal | None:
+    """400 for a query asking for more new tokens than this miner generates. Refused rather than clamped:
+    a clamped answer would be scored as if it were whole (see docs/miner.md)."""
+    if requested > cap:
+        return Refusal(
+            400,
+            "bad_request",
+            f"max_new_tokens: {requested} is over this miner's cap of {cap}",
+            {"field": "max_new_tokens", "max_new_tokens": cap},
+        )
+    return None
 
 
 def deadline_budget(deadline_unix: float, now_unix: float, engine_timeout_s: float) -> float | None:
@@ -461,7 +494,7 @@ class _Miner:
             result = await self._answer(request, started)
             if isinstance(result, Refusal):
                 outcome = result.outcome
-                log.debug("refused %s: %d %s", request.remote, result.status, result.reason)
+                log.debug("refused %s: %d %r", request.remote, result.status, result.reason)
                 return _refusal_response(result, body_read=request.content.is_eof())
             outcome = "ok"
             if result.prompt_tokens is not None:
@@ -477,18 +510,20 @@ class _Miner:
             metrics.requests.labels(outcome).inc()
             metrics.latency.labels(outcome).observe(time.perf_counter() - started)
 
-    async def _answer(self, request: web.Request, started: float) -> Refusal | _Answer:
-        """The query's checks in order, cheapest first; the body is read only once the headers pass."""
-        try:
-            claimed = caller_hotkey(request.headers)
-        except AuthError as error:
-            return Refusal(401, "unauthorized", str(error), {"code": error.code})
+    def _authorise(self, hotkey: str) -> Refusal | None:
         snapshot = self.chain.snapshot
         if snapshot is None:
             return Refusal(503, "not_ready", "the metagraph has not been read yet: callers cannot be checked")
-        refusal = check_caller(claimed, snapshot, self._config.min_stake) or check_declared_size(
-            request.content_length
-        )
+        return check_caller(hotkey, snapshot, self._config.min_stake)
+
+    async def _answer(self, request: web.Request, started: float) -> Refusal | _Answer:
+        """The query's checks in order, cheapest first; the body is read only once the headers pass."""
+        # The only reader of the identity headers: what is checked now is what the signature must prove.
+        try:
+            claim = read_claim(request.headers)
+        except AuthError as error:
+            return Refusal(401, "unauthorized", str(error), {"code": error.code})
+        refusal = self._authorise(claim.hotkey) or check_declared_size(request.content_length)
         if refusal is not None:
             return refusal
         if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
@@ -497,28 +532,37 @@ class _Miner:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return too_large_body(None, protocol.MAX_BODY_BYTES)
+        except HttpProcessingError as error:  # a broken chunked encoding, found while reading
+            return Refusal(400, "bad_request", f"body: {error.message}", {"field": "body"})
         # Hashing and decompressing megabytes release the GIL: threads keep the event loop answering.
         try:
-            await asyncio.to_thread(self._verifier.verify, request.headers, body)
+            caller = await asyncio.to_thread(self._verifier.verify_claim, claim, body)
         except AuthError as error:
             return Refusal(401, "unauthorized", str(error), {"code": error.code})
+        # Authorised is what verified, against the newest metagraph (it may have changed during the read).
+        refusal = self._authorise(caller)
+        if refusal is not None:
+            return refusal
         try:
             query = await asyncio.to_thread(protocol.decode_request, body)
         except protocol.ProtocolError as error:
             return Refusal(400, "bad_request", str(error), {"field": error.field})
+        refusal = check_max_new_tokens(query.max_new_tokens, self._config.max_new_tokens)
+        if refusal is not None:
+            return refusal
         budget = deadline_budget(query.deadline_unix, time.time(), self._config.engine_timeout_s)
         if budget is None:
             late = time.time() - query.deadline_unix
             return Refusal(
                 408, "expired", f"the request's deadline had passed {late:.3f} s before it was read"
             )
-        problem = await self.probe.problem()
-        if problem is not None:
-            return Refusal(503, "engine_down", problem)
         try:
-            generation = await asyncio.wait_for(
-                self._engine.generate(query.prompt, query.max_new_tokens), budget
-            )
+            # Every engine call, the /info probe included, ends by the deadline.
+            async with asyncio.timeout(budget):
+                problem = await self.probe.problem()
+                if problem is not None:
+                    return Refusal(503, "engine_down", problem)
+                generation = await self._engine.generate(query.prompt, query.max_new_tokens)
         except TimeoutError:
             bound = (
                 "--engine.timeout" if budget >= self._config.engine_timeout_s else "the request's deadline"
@@ -528,7 +572,7 @@ class _Miner:
             refusal = classify_engine_error(error, self.probe.info)
             if refusal.outcome == "engine_down":
                 self.probe.invalidate()
-            log.warning("engine refused task %s: %s", query.task_id, error)
+            log.warning("engine refused task %r: %s", query.task_id, error)
             return refusal
         info = self.probe.info
         response = protocol.QueryResponse(
@@ -542,7 +586,7 @@ class _Miner:
             engine_latency_s=generation.latency_s,
             total_latency_s=time.perf_counter() - started,
         )
-        log.debug("answered task %s in %.3f s", query.task_id, response.total_latency_s)
+        log.debug("answered task %r in %.3f s", query.task_id, response.total_latency_s)
         return _Answer(
             protocol.encode_response(response), generation.prompt_tokens, generation.completion_tokens
         )
@@ -570,12 +614,12 @@ class RunningMiner:
 
     url: str
     port: int
-    _runner: web.AppRunner
+    _site: GuardedSite
     _sync_task: "asyncio.Task[None]"
 
     async def stop(self) -> None:
         self._sync_task.cancel()
-        await self._runner.cleanup()
+        await self._site.stop()
 
 
 async def start_miner(
@@ -594,11 +638,9 @@ async def start_miner(
     # Cancel a handler when its validator hangs up: its engine request is closed, not left running.
     # No auto_decompress: aiohttp would gunzip the body unbounded, before the signature (which covers the
     # compressed bytes) is checked; protocol.decode_request decompresses it, bounded, after the checks.
-    runner = web.AppRunner(
-        miner.app(), handle_signals=False, handler_cancellation=True, auto_decompress=False
+    site = await serve_guarded(
+        miner.app(), sock, config.guard, handler_cancellation=True, auto_decompress=False
     )
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
     log.info(
         "miner for %s serving on %s:%d; its endpoint for validators: %s:%d",
         chain.hotkey,
@@ -610,10 +652,10 @@ async def start_miner(
         await miner.chain.sync()
         await _log_engine(engine, miner.probe)
     except BaseException:
-        await runner.cleanup()
+        await site.stop()
         raise
     sync_task = asyncio.create_task(miner.chain.run(config.sync_interval_s), name="metagraph-sync")
-    return RunningMiner(f"http://{host}:{bound_port}", bound_port, runner, sync_task)
+    return RunningMiner(f"http://{host}:{bound_port}", bound_port, site, sync_task)
 
 
 async def _log_engine(engine: Engine, probe: EngineProbe) -> None:

@@ -156,16 +156,27 @@ def _check_version_and_keys(fields: dict[str, Any], expected: tuple[str, ...]) -
         raise ProtocolError("version", f"unsupported {version!r:.40} (expected {PROTOCOL_VERSION})")
     for key in fields:
         if key not in expected:
-            raise ProtocolError(f"{key:.40}", "unknown field")
+            raise ProtocolError(_printable(key, 40), "unknown field")
     for key in expected:
         if key not in fields:
             raise ProtocolError(key, "missing")
+
+
+def _printable(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, lone surrogates escaped: safe to encode, log and send back."""
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _str(fields: dict[str, Any], name: str) -> str:
     value = fields[name]
     if not isinstance(value, str):
         raise ProtocolError(name, f"expected a string, got {type(value).__name__}")
+    try:
+        # JSON may escape half a surrogate pair ("\ud800"): a str Python holds but no UTF-8 can carry, so
+        # the engine call (or the answer echoing task_id) would fail on it.
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ProtocolError(name, f"not valid Unicode: a lone surrogate at character {error.start}") from None
     return value
 
 

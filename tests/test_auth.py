@@ -1,11 +1,15 @@
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import bittensor
 import pytest
 from bittensor import http_auth
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict
 
-from neurons.auth import AuthError, RequestVerifier, caller_hotkey, create_wallet, signed_headers
+from neurons.auth import AUTH_HEADERS, AuthError, RequestVerifier, create_wallet, read_claim, signed_headers
 from neurons.protocol import QUERY_PATH
 
 BODY = b"\x1f\x8b compressed query body"
@@ -48,7 +52,7 @@ def test_header_names_are_case_insensitive(
     headers = {
         key.lower(): value for key, value in headers_for(wallets["validator"], miner.self_hotkey).items()
     }
-    assert caller_hotkey(headers) == wallets["validator"].hotkey.ss58_address
+    assert read_claim(headers).hotkey == wallets["validator"].hotkey.ss58_address
     assert miner.verify(headers, BODY) == wallets["validator"].hotkey.ss58_address
 
 
@@ -161,13 +165,73 @@ def test_garbled_header_is_refused(
     assert_refused(miner, headers, BODY, "malformed", reason)
 
 
-def test_caller_hotkey_reads_the_claim_without_the_body(wallets: dict[str, bittensor.Wallet]) -> None:
+def test_read_claim_reads_the_claim_without_the_body(wallets: dict[str, bittensor.Wallet]) -> None:
     headers = headers_for(wallets["validator"], wallets["miner"].hotkey.ss58_address)
-    assert caller_hotkey(headers) == wallets["validator"].hotkey.ss58_address
+    assert read_claim(headers).hotkey == wallets["validator"].hotkey.ss58_address
     with pytest.raises(AuthError, match=f"missing header {http_auth.HEADER_HOTKEY}"):
-        caller_hotkey({})
+        read_claim({})
     with pytest.raises(AuthError, match="missing header"):
-        caller_hotkey({http_auth.HEADER_HOTKEY: ""})
+        read_claim({http_auth.HEADER_HOTKEY: ""})
+
+
+def test_auth_headers_are_every_header_bittensor_reads() -> None:
+    # A header http_auth.verify reads but read_claim does not police could be sent twice unnoticed.
+    assert set(AUTH_HEADERS) == {
+        getattr(http_auth, name) for name in dir(http_auth) if name.startswith("HEADER_")
+    }
+
+
+@pytest.mark.parametrize("header", AUTH_HEADERS)
+def test_any_repeated_auth_header_is_refused_by_name(
+    wallets: dict[str, bittensor.Wallet], miner: RequestVerifier, header: str
+) -> None:
+    headers = CIMultiDict(headers_for(wallets["validator"], miner.self_hotkey))
+    value = headers.popone(header, "sr25519")  # X-Bittensor-Crypto is absent for sr25519: add it twice
+    headers.add(header, value)
+    headers.add(header.upper(), value)  # even the same value, in another case
+    with pytest.raises(AuthError, match=header) as info:
+        read_claim(headers)
+    assert info.value.code == "repeated_header"
+    with pytest.raises(AuthError, match=header):
+        miner.verify(headers, BODY)
+
+
+# Header multisets: each signed header of two senders, possibly dropped, repeated, re-cased, reordered.
+def _recased(name: str) -> st.SearchStrategy[str]:
+    return st.sampled_from([name, name.lower(), name.upper()])
+
+
+@st.composite
+def mixed_headers(draw: st.DrawFn, sources: Sequence[dict[str, str]]) -> list[tuple[str, str]]:
+    # Skewed so a fair share of examples verify: the first sender's headers mostly once, the other's rarely.
+    repeats = [st.sampled_from((1, 1, 1, 0, 2)), st.sampled_from((0, 0, 0, 1, 2))]
+    pairs = [
+        (draw(_recased(name)), value)
+        for headers, times in zip(sources, repeats, strict=True)
+        for name, value in headers.items()
+        for _ in range(draw(times))
+    ]
+    return draw(st.permutations(pairs))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_the_claimed_hotkey_is_the_verified_one_whatever_the_headers(
+    wallets: dict[str, bittensor.Wallet], data: st.DataObject
+) -> None:
+    """The permit check reads read_claim's hotkey; whenever verification passes it proves that same key."""
+    receiver = wallets["miner"].hotkey.ss58_address
+    signers = data.draw(st.permutations([wallets["validator"], wallets["other"]]))
+    sources = [headers_for(signer, receiver) for signer in signers]
+    pairs = data.draw(mixed_headers(sources))
+    try:
+        claim = read_claim(CIMultiDict(pairs))
+        verified = RequestVerifier(receiver).verify_claim(claim, BODY)
+    except AuthError:
+        event("refused")
+        return
+    event("verified")
+    assert verified == claim.hotkey
 
 
 def test_verifier_rejects_nonsense_windows() -> None:

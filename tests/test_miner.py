@@ -301,6 +301,41 @@ async def send_head(
     return reader, writer
 
 
+async def exchange(port: int, headers: Sequence[tuple[str, str]], body: bytes) -> tuple[int, dict[str, Any]]:
+    """One query over a raw connection, headers sent exactly as listed (repeats included); the status and
+    JSON body of the answer."""
+    head = [f"POST {protocol.QUERY_PATH} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+    head += [f"{name}: {value}" for name, value in headers]
+    head.append(f"Content-Length: {len(body)}")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize("validator_first", [True, False])
+def test_a_repeated_hotkey_header_is_refused_before_the_engine(
+    wallets: Wallets, chain: FakeChain, tgi: FakeTGI, validator_first: bool
+) -> None:
+    """Issue 10's bypass: a validator's hotkey next to the outsider's own, whose headers the outsider signed.
+    The permit check and the signature check must not read different occurrences."""
+
+    async def use(client: Client) -> tuple[int, dict[str, Any]]:
+        body = query()
+        own = signed_headers(wallets.outsider, body, client.miner_hotkey)
+        borrowed = ("X-Bittensor-Hotkey", hotkey(wallets.validator))
+        signed = [(name, value) for name, value in own.items()]
+        pairs = [borrowed, *signed] if validator_first else [*signed, borrowed]
+        return await exchange(client.miner.port, [*protocol.REQUEST_HEADERS.items(), *pairs], body)
+
+    status, body = run(wallets, chain, tgi.url, use)
+    assert status in (400, 401, 403), body
+    assert "X-Bittensor-Hotkey" in body["reason"]
+    assert generations(tgi) == []
+
+
 def test_oversize_body_is_refused_from_its_declared_length(
     wallets: Wallets, chain: FakeChain, tgi: FakeTGI
 ) -> None:

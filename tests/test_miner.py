@@ -18,14 +18,16 @@ import aiohttp
 import bittensor
 import pytest
 
-from evaluation.engines import EngineError, EngineInfo, make_engine
+from evaluation.engines import EngineError, EngineInfo, Generation, make_engine
 from evaluation.errors import InputError
 from evaluation.local_model import ensure_local_model
+from evaluation.tasks import TASKS
 from neurons import protocol
 from neurons.auth import create_wallet, signed_headers
 from neurons.chain import Chain, ChainError, FakeChain, MetagraphSnapshot, WeightLimits
 from neurons.engine_server import start_engine_server
 from neurons.miner import (
+    DEFAULT_MAX_NEW_TOKENS,
     MinerConfig,
     RunningMiner,
     build_parser,
@@ -405,6 +407,18 @@ def test_oversize_chunked_body_is_cut_off_while_read(
         (raw_query(max_new_tokens=0), "max_new_tokens"),
         (raw_query(prompt=7), "prompt"),
         (raw_query(version=99), "version"),
+        # Legal JSON escapes of half a surrogate pair: a 500 once the engine call or the answer encoded them.
+        (raw_query(prompt="before \ud800 after"), "prompt"),
+        (raw_query(task_id="\udfff"), "task_id"),
+        (raw_query(**{"\ud800": 1}), "\\ud800"),
+        (raw_query(prompt=[[[["deep"]]]]), "prompt"),
+        (gzip.compress(b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "body"),
+        (raw_query(max_new_tokens=10**4000), "max_new_tokens"),
+        (raw_query(max_new_tokens=DEFAULT_MAX_NEW_TOKENS + 1), "max_new_tokens"),
+        (raw_query(deadline_unix=10**400), "deadline_unix"),
+        (raw_query(deadline_unix=[time.time() + 30]), "deadline_unix"),
+        (raw_query(max_new_tokens={"n": 1}), "max_new_tokens"),
+        (raw_query(bucket=None), "bucket"),
     ],
 )
 def test_bad_bodies_get_400_naming_the_field(
@@ -414,6 +428,67 @@ def test_bad_bodies_get_400_naming_the_field(
     assert status == 400
     assert reply["field"] == field
     assert field in reply["reason"]
+    assert generations(tgi) == []
+
+
+def test_max_new_tokens_cap_defaults_to_the_largest_task_output_and_is_a_flag(
+    wallets: Wallets, chain: FakeChain, tgi: FakeTGI
+) -> None:
+    assert max(task.max_new_tokens for task in TASKS.values()) == DEFAULT_MAX_NEW_TOKENS
+
+    async def use(client: Client) -> list[tuple[int, dict[str, Any]]]:
+        return [
+            await client.post(query(max_new_tokens=8), wallets.validator),
+            await client.post(query(max_new_tokens=9), wallets.validator),
+        ]
+
+    (at_cap, _), (over, refusal) = run(wallets, chain, tgi.url, use, max_new_tokens=8)
+    assert (at_cap, over) == (200, 400)
+    assert (refusal["field"], refusal["max_new_tokens"]) == ("max_new_tokens", 8)
+    assert [r.body["parameters"]["max_new_tokens"] for r in tgi.requests if r.method == "POST"] == [8]
+
+
+class StallingEngine:
+    """An engine whose /info stops answering once `stalled` is set (a wedged router)."""
+
+    name = "stalling"
+
+    def __init__(self) -> None:
+        self.stalled = False
+        self.generations = 0
+
+    async def info(self) -> EngineInfo:
+        if self.stalled:
+            await asyncio.sleep(3600)
+        return EngineInfo("fake/model", None, None)
+
+    async def generate(self, prompt: str, max_new_tokens: int) -> Generation:
+        self.generations += 1
+        return Generation("x", None, 1, 0.0)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_the_engine_probe_is_bounded_by_the_deadline_too(wallets: Wallets, chain: FakeChain) -> None:
+    """The /info probe has its own 10 s limit (a 503); a query's deadline must end it first (a 504)."""
+    engine = StallingEngine()
+
+    async def go() -> tuple[int, dict[str, Any]]:
+        config = MinerConfig(netuid=7, sync_interval_s=0.05, engine_probe_ttl_s=0.0)
+        miner = await start_miner(config, chain.view(hotkey(wallets.miner)), engine)
+        engine.stalled = True
+        try:
+            async with aiohttp.ClientSession() as session:
+                client = Client(miner, session, hotkey(wallets.miner))
+                return await client.post(query(deadline_in_s=0.5), wallets.validator)
+        finally:
+            await miner.stop()
+
+    status, body = asyncio.run(go())
+    assert status == 504, body
+    assert "the request's deadline" in body["reason"]
+    assert engine.generations == 0
 
 
 def test_expired_deadline_gets_408_without_asking_the_engine(
@@ -715,7 +790,7 @@ def test_every_flag_reaches_the_config() -> None:
         "--netuid", "42", "--axon.port", "9000", "--axon.external_ip", "203.0.113.5",
         "--axon.external_port", "30000", "--miner.model_name", "org/model", "--engine.url", "http://tgi:80",
         "--engine.kind", "openai", "--engine.timeout", "120", "--blacklist.min_stake", "5",
-        "--logging.debug",
+        "--miner.max_new_tokens", "64", "--logging.debug",
     ]  # fmt: skip
     config = config_from_args(build_parser("miner").parse_args(argv))
     assert config == MinerConfig(
@@ -733,6 +808,7 @@ def test_every_flag_reaches_the_config() -> None:
         engine_kind="openai",
         engine_timeout_s=120.0,
         min_stake=5.0,
+        max_new_tokens=64,
         debug=True,
     )
 
@@ -743,6 +819,7 @@ def test_every_flag_reaches_the_config() -> None:
         (["--axon.port", "70000"], "--axon.port"),
         (["--engine.timeout", "0"], "--engine.timeout"),
         (["--blacklist.min_stake", "-1"], "--blacklist.min_stake"),
+        (["--miner.max_new_tokens", "0"], "--miner.max_new_tokens"),
         (["--engine.url", "tgi:80"], "--engine.url"),
         (["--axon.external_ip", "miner.example.com"], "--axon.external_ip"),
     ],

@@ -127,6 +127,9 @@ def test_missing_request_field_is_named(field: str) -> None:
         ("deadline_unix", None),
         ("deadline_unix", False),
         ("deadline_unix", 10**400),
+        ("prompt", "half a pair \ud800"),
+        ("task_id", "\udc00"),
+        ("bucket", "32k\udfff"),
     ],
 )
 def test_wrong_request_field_is_named(field: str, value: object) -> None:
@@ -146,6 +149,23 @@ def test_non_finite_deadline_is_rejected(literal: str) -> None:
 
 def test_unknown_request_field_is_named() -> None:
     assert_request_field({**asdict(REQUEST), "expected_answer": "leak"}, "expected_answer")
+
+
+def test_an_unknown_field_named_with_a_lone_surrogate_is_named_printably() -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_request(gzip_json({**asdict(REQUEST), "x\ud800": 1}))
+    assert info.value.field == "x\\ud800"
+    str(info.value).encode("utf-8")  # safe to log and send back
+
+
+@given(st.text(st.characters(exclude_categories=()), min_size=1, max_size=50))
+def test_a_string_decodes_exactly_when_utf8_can_carry_it(text: str) -> None:
+    """JSON can carry lone surrogates; the engine call cannot: those are refused, naming the field."""
+    body = gzip_json({**asdict(REQUEST), "prompt": text})
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in text):
+        assert_request_field({**asdict(REQUEST), "prompt": text}, "prompt")
+    else:
+        assert decode_request(body).prompt == text
 
 
 @pytest.mark.parametrize(

@@ -1,22 +1,65 @@
-"""Atomic file writes: a crash leaves the previous file or none, never half of one."""
+"""Atomic file writes: a crash leaves the previous file or none, never half of one.
 
+The temporary file is created with mode 0666 so that the kernel applies the umask, as it does for any file a
+program creates (tempfile.mkstemp would force 0600); it is flushed to disk before it replaces the target, and
+the folder is synced after, so the rename itself survives a crash.
+"""
+
+import fcntl
 import json
 import os
-import tempfile
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from evaluation.errors import InputError
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+def require_folder(path: Path) -> None:
+    """InputError naming `path` unless the folder it goes into exists (outputs never create folders)."""
+    if not path.parent.is_dir():
+        raise InputError(str(path), f"no such folder: {path.parent} (create it first)")
+
+
+def write_text_atomic(path: Path, text: str, *, create_folders: bool = True) -> None:
+    if create_folders:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        require_folder(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: Path, payload: object, indent: int = 2) -> None:
     write_text_atomic(path, json.dumps(payload, ensure_ascii=False, indent=indent))
+
+
+@contextmanager
+def locked_folder(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `folder` while the block runs, so that processes that read, update and
+    rewrite a file in it (result.json) take turns instead of losing each other's updates."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

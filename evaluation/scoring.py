@@ -4,17 +4,22 @@ Reads a folder of `<dataset>.jsonl` prediction files (or one such file), scores 
 `evaluation.metrics.score_prediction` and writes result.json exactly as eval.py does: same keys in the same
 order, same numbers, same formatting. Where eval.py's behaviour is an accident of its code it is kept
 (docs/scoring.md lists each): the dataset is the file name up to its first dot, a file's `all_classes` is the
-one on its last line, and LongBench-E's per-group means are numpy's (pairwise summation, numpy's rounding, NaN
-for an empty group).
+one on its last line (per dataset, for files whose lines name their own), and LongBench-E's per-group means
+are numpy's (pairwise summation, numpy's rounding, NaN for an empty group).
+
+A folder's result.json is replaced whole, as eval.py writes it; scoring one file updates only its datasets'
+entries in the result.json it writes to. Datasets whose metric needs a package that is not installed (jieba
+for the Chinese ones) are skipped and named on stderr; the others are scored.
 
 Everything is read and scored before anything is written, and files are written whole (temp file, then
-os.replace), so bad input leaves no half-written result.
+os.replace), so bad input leaves no half-written result. Outputs go into existing folders only.
 """
 
 import io
 import json
 import math
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -22,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.errors import InputError
-from evaluation.files import write_text_atomic
-from evaluation.metrics import score_prediction, supported_metric
+from evaluation.files import locked_folder, require_folder, write_text_atomic
+from evaluation.metrics import missing_dependency, score_prediction
+from evaluation.tasks import metric_for_dataset
 
 # LongBench-E's length groups, in result.json's order.
 LENGTH_GROUPS = ("0-4k", "4-8k", "8k+")
@@ -60,7 +66,17 @@ class _Failure:
 
 def run_score(path: Path, *, longbench_e: bool, per_sample: Path | None, output: Path | None) -> int:
     files = prediction_files(path)
+    result_path = output if output is not None else (path if path.is_dir() else path.parent) / "result.json"
+    for destination in (per_sample, result_path):
+        if destination is not None:
+            require_folder(destination)
     samples = [sample for file in sorted(files) for sample in read_predictions(file)]
+    skipped = unscorable_datasets(samples)
+    if len(skipped) == len({sample.dataset for sample in samples}):
+        reasons = "; ".join(f"{dataset}: {reason}" for dataset, reason in skipped.items())
+        raise InputError(str(path), f"nothing can be scored: {reasons}")
+    skipped_lines = _line_counts([sample for sample in samples if sample.dataset in skipped])
+    samples = [sample for sample in samples if sample.dataset not in skipped]
     lengths = [required_length(sample) for sample in samples] if longbench_e else []
     scores = score_samples(samples)
     order = dataset_order(files, samples)
@@ -69,14 +85,51 @@ def run_score(path: Path, *, longbench_e: bool, per_sample: Path | None, output:
         if longbench_e
         else dataset_results(order, samples, scores)
     )
-    if per_sample is not None:
-        write_text_atomic(per_sample, per_sample_lines(samples, scores))
-    result_path = output if output is not None else (path if path.is_dir() else path.parent) / "result.json"
-    # eval.py: json.dump(scores, f, ensure_ascii=False, indent=4), no trailing newline.
-    write_text_atomic(result_path, json.dumps(result, ensure_ascii=False, indent=4))
-    print(format_table(result, samples))
+    with locked_folder(result_path.parent):
+        if not path.is_dir():
+            result = merged_result(result_path, result, longbench_e=longbench_e)
+        if per_sample is not None:
+            write_text_atomic(per_sample, per_sample_lines(samples, scores), create_folders=False)
+        # eval.py: json.dump(scores, f, ensure_ascii=False, indent=4), no trailing newline.
+        write_text_atomic(result_path, json.dumps(result, ensure_ascii=False, indent=4), create_folders=False)
+    print(format_table(result, _line_counts(samples)))
+    for dataset, reason in skipped.items():
+        print(f"skipped {dataset} ({skipped_lines[dataset]} lines): {reason}", file=sys.stderr)
     print(f"wrote {result_path}")
     return 0
+
+
+def unscorable_datasets(samples: Sequence[Sample]) -> dict[str, str]:
+    """dataset -> why it cannot be scored here (a missing optional package), in order of appearance."""
+    reasons = {dataset: missing_dependency(dataset) for dataset in dict.fromkeys(s.dataset for s in samples)}
+    return {dataset: reason for dataset, reason in reasons.items() if reason is not None}
+
+
+def merged_result(result_path: Path, result: dict[str, Any], *, longbench_e: bool) -> dict[str, Any]:
+    """The result.json already at `result_path` with this run's datasets replaced in place and new ones added
+    at the end: scoring one file keeps the other files' scores."""
+    if not result_path.exists():
+        return result
+    try:
+        existing = json.loads(result_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(str(result_path), f"existing result.json is not valid JSON ({error})") from None
+    if not isinstance(existing, dict):
+        raise InputError(str(result_path), "existing result.json is not a JSON object")
+    for dataset, value in existing.items():
+        if isinstance(value, dict) != longbench_e:
+            kind = "LongBench-E (--e) results" if isinstance(value, dict) else "results without --e"
+            raise InputError(
+                str(result_path), f"holds {kind} (see {dataset!r}); write this run elsewhere with --output"
+            )
+    return existing | result
+
+
+def _line_counts(samples: Sequence[Sample]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for sample in samples:
+        counts[sample.dataset] = counts.get(sample.dataset, 0) + 1
+    return counts
 
 
 def prediction_files(path: Path) -> list[Path]:
@@ -100,8 +153,11 @@ def read_predictions(file: Path) -> list[Sample]:
     ]
     if not samples:
         raise InputError(str(file), "empty file: no predictions")
-    # eval.py keeps only the last line's all_classes and scores the whole file with it.
-    return [replace(sample, all_classes=samples[-1].all_classes) for sample in samples]
+    # eval.py keeps only the last line's all_classes and scores the whole file with it. Where lines name
+    # their own datasets, each dataset's last line counts for that dataset only: another dataset's classes
+    # (or its null) would be meaningless.
+    last_classes = {sample.dataset: sample.all_classes for sample in samples}
+    return [replace(sample, all_classes=last_classes[sample.dataset]) for sample in samples]
 
 
 def _lines(file: Path) -> Iterator[tuple[int, str]]:
@@ -148,7 +204,7 @@ def _sample(file: Path, number: int, record: dict[str, Any], default_dataset: st
     if not isinstance(dataset, str):
         raise InputError(where, "dataset must be a string")
     try:
-        supported_metric(dataset)
+        metric_for_dataset(dataset)
     except InputError as error:
         raise InputError(where, str(error)) from None
     length = record.get("length")
@@ -294,10 +350,9 @@ def per_sample_lines(samples: Sequence[Sample], scores: Sequence[float]) -> str:
     )
 
 
-def format_table(result: dict[str, Any], samples: Sequence[Sample]) -> str:
-    counts: dict[str, int] = {}
-    for sample in samples:
-        counts[sample.dataset] = counts.get(sample.dataset, 0) + 1
+def format_table(result: dict[str, Any], counts: dict[str, int]) -> str:
+    """This run's datasets (a merged result.json may hold more) with their line counts and scores."""
+    result = {dataset: value for dataset, value in result.items() if dataset in counts}
     grouped = any(isinstance(value, dict) for value in result.values())
     columns = list(LENGTH_GROUPS) if grouped else ["score"]
     width = max(len("dataset"), *map(len, result))

@@ -4,10 +4,11 @@ fast implementation to.
 Nothing here is optimised or tidied: each formula follows the official code step by step, quirks included
 (the classification list is mutated while it is iterated, a retrieval answer without "Paragraph N" crashes).
 ROUGE-L is the real `rouge` 1.0.1 package, called as LongBench calls it, with the recursion budget that
-LongBench's eval.py leaves it.
+LongBench's eval.py leaves it. The Chinese metrics segment with the real jieba, as LongBench does.
 """
 
 import difflib
+import importlib
 import json
 import os
 import re
@@ -44,6 +45,30 @@ def f1(prediction: list[str], answer: list[str]) -> float:
 
 def qa_f1(prediction: str, answer: str, all_classes: AllClasses) -> float:
     return f1(normalize(prediction).split(), normalize(answer).split())
+
+
+def normalize_zh(text: str) -> str:
+    cn_punctuation = (
+        "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》"
+        "「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏."
+    )
+    all_punctuation = set(string.punctuation + cn_punctuation)
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in all_punctuation)
+    return "".join(text.split())
+
+
+def jieba_cut(text: str) -> list[str]:
+    jieba = importlib.import_module("jieba")  # the `zh` extra, part of `dev`
+    return list(jieba.cut(text, cut_all=False))
+
+
+def qa_f1_zh(prediction: str, answer: str, all_classes: AllClasses) -> float:
+    prediction_tokens = [normalize_zh(token) for token in jieba_cut(prediction)]
+    answer_tokens = [normalize_zh(token) for token in jieba_cut(answer)]
+    prediction_tokens = [token for token in prediction_tokens if len(token) > 0]
+    answer_tokens = [token for token in answer_tokens if len(token) > 0]
+    return f1(prediction_tokens, answer_tokens)
 
 
 def classification(prediction: str, answer: str, all_classes: AllClasses) -> float:
@@ -127,14 +152,31 @@ def _package_rouge(prediction: str, answer: str) -> float:
     return f
 
 
-def rouge(prediction: str, answer: str, all_classes: AllClasses) -> float:
-    """metrics.rouge_score, run with as many free frames as under eval.py."""
+def _as_called_by_scorer(metric: Callable[[str, str], float], prediction: str, answer: str) -> float:
+    """metric(prediction, answer) with as many free frames as eval.py's scorer leaves its metric (this frame
+    stands for scorer's)."""
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(limit - (_free_frames() + 1) + EVAL_PY_FREE_FRAMES)
     try:
-        return _package_rouge(prediction, answer)
+        return metric(prediction, answer)
     finally:
         sys.setrecursionlimit(limit)
+
+
+def rouge(prediction: str, answer: str, all_classes: AllClasses) -> float:
+    """metrics.rouge_score, run with as many free frames as under eval.py."""
+    return _as_called_by_scorer(_package_rouge, prediction, answer)
+
+
+def _rouge_zh_score(prediction: str, answer: str) -> float:
+    # metrics.rouge_zh_score: segment, then call rouge_score (one frame deeper than rouge_score under scorer).
+    prediction = " ".join(jieba_cut(prediction))
+    answer = " ".join(jieba_cut(answer))
+    return _package_rouge(prediction, answer)
+
+
+def rouge_zh(prediction: str, answer: str, all_classes: AllClasses) -> float:
+    return _as_called_by_scorer(_rouge_zh_score, prediction, answer)
 
 
 def string_match_all(prediction: str, answers: Sequence[str]) -> float:
@@ -149,12 +191,15 @@ DATASET_METRIC: dict[str, Callable[[str, str, AllClasses], float]] = {
     "narrativeqa": qa_f1,
     "qasper": qa_f1,
     "multifieldqa_en": qa_f1,
+    "multifieldqa_zh": qa_f1_zh,
     "hotpotqa": qa_f1,
     "2wikimqa": qa_f1,
     "musique": qa_f1,
+    "dureader": rouge_zh,
     "gov_report": rouge,
     "qmsum": rouge,
     "multi_news": rouge,
+    "vcsum": rouge_zh,
     "trec": classification,
     "triviaqa": qa_f1,
     "samsum": rouge,

@@ -1,5 +1,7 @@
 """LongBench's metrics against the plain official formulas (tests/longbench_oracle.py) on generated inputs."""
 
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,9 +13,12 @@ from evaluation.metrics import (
     code_sim_score,
     count_score,
     normalize_answer,
+    normalize_zh_answer,
     qa_f1_score,
+    qa_f1_zh_score,
     retrieval_score,
     retrieval_zh_score,
+    rouge_zh_score,
     score_prediction,
     string_match_all,
     string_match_part,
@@ -32,6 +37,14 @@ CLASSES = ["location", "other location", "Location", "other", "number", "other n
 SUPPORTED = sorted(name for name, metric in LONGBENCH_METRIC.items() if metric in METRICS) + list(
     SYNTHETIC_TASKS
 )
+# Chinese words jieba may join or split, full-width and ASCII punctuation (ASCII dots end ROUGE sentences),
+# "《" (not in LongBench's punctuation list) and "》" (in it), mixed scripts, full-width digits.
+ZH_TOKENS = [
+    "我", "来到", "北京", "清华大学", "清华", "大学", "的", "是", "他", "他们", "中国", "人民", "中国人民",
+    "会议", "讨论", "了", "项目", "进展", "。", "，", "、", "！", "？", "《", "》", "“", "”", "…", "．",
+    "（", "）", "Paris", "AI", "ａｂ", "１２", "12", "3.5", "段落3", ".", "", "é",
+]  # fmt: skip
+ZH_SEPARATORS = ["", "", "", " ", "\n", "。", "."]
 
 TOLERANCE = 1e-6
 
@@ -40,6 +53,12 @@ TOLERANCE = 1e-6
 def texts(draw: st.DrawFn, max_tokens: int = 25) -> str:
     tokens = draw(st.lists(st.sampled_from(TOKENS), max_size=max_tokens))
     return "".join(token + draw(st.sampled_from(SEPARATORS)) for token in tokens)
+
+
+@st.composite
+def zh_texts(draw: st.DrawFn, max_tokens: int = 30) -> str:
+    tokens = draw(st.lists(st.sampled_from(ZH_TOKENS), max_size=max_tokens))
+    return "".join(token + draw(st.sampled_from(ZH_SEPARATORS)) for token in tokens)
 
 
 answers = st.lists(texts(6), max_size=3)
@@ -59,6 +78,14 @@ def test_qa_f1_matches_oracle(prediction: str, answer: str) -> None:
     assert qa_f1_score(prediction, answer) == pytest.approx(
         oracle.qa_f1(prediction, answer, None), abs=TOLERANCE
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(zh_texts(), zh_texts(10))
+def test_chinese_metrics_match_oracle(prediction: str, answer: str) -> None:
+    assert normalize_zh_answer(prediction) == oracle.normalize_zh(prediction)
+    assert qa_f1_zh_score(prediction, answer) == oracle.qa_f1_zh(prediction, answer, None)
+    assert rouge_zh_score(prediction, answer) == oracle.rouge_zh(prediction, answer, None)
 
 
 @settings(max_examples=300, deadline=None)
@@ -94,7 +121,7 @@ def test_string_match_matches_ruler(prediction: str, references: list[str]) -> N
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.sampled_from(SUPPORTED), texts(), answers, class_lists)
+@given(st.sampled_from(SUPPORTED), texts() | zh_texts(), answers, class_lists)
 def test_score_prediction_matches_oracle(
     dataset: str, prediction: str, gold: list[str], classes: list[str]
 ) -> None:
@@ -153,12 +180,25 @@ def test_retrieval_answer_without_paragraph_is_an_input_error() -> None:
         score_prediction("passage_retrieval_en", "Paragraph 3", ["the third one"], None)
 
 
-def test_unknown_and_unsupported_datasets_are_input_errors() -> None:
+def test_chinese_normalisation_and_words() -> None:
+    # LongBench's list has "》" but not "《"; all whitespace goes, ASCII and full-width punctuation too.
+    assert normalize_zh_answer("《三体》，Ａ b\tC!") == "《三体ａbc"
+    # jieba's words, not characters: "清华大学" is one word, so "清华" alone shares nothing with it.
+    assert qa_f1_zh_score("清华大学", "清华") == 0.0
+    assert qa_f1_zh_score("我来到北京清华大学。", "我来到北京清华大学") == 1.0
+    assert rouge_zh_score("他们讨论了项目进展", "他们讨论了会议") == oracle.rouge_zh(
+        "他们讨论了项目进展", "他们讨论了会议", None
+    )
+
+
+def test_unknown_datasets_and_missing_jieba_are_input_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(InputError, match="unknown dataset"):
         score_prediction("not_a_dataset", "x", ["x"], None)
+    monkeypatch.setitem(sys.modules, "jieba", None)  # as if the `zh` extra were not installed
     for dataset in ("multifieldqa_zh", "dureader", "vcsum"):
-        with pytest.raises(InputError, match=f"dataset '{dataset}'.*jieba"):
-            score_prediction(dataset, "x", ["x"], None)
+        with pytest.raises(InputError, match=r"jieba.*quasar-subnet\[zh\]"):
+            score_prediction(dataset, "北京", ["北京"], None)
+    assert score_prediction("passage_retrieval_zh", "段落2", ["段落2"], None) == 1.0  # no segmentation
 
 
 def test_classification_needs_classes() -> None:

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evaluation.rouge import MAX_RECON_STEPS, rouge_l_f
+from evaluation.metrics import rouge_zh_score
+from evaluation.rouge import MAX_RECON_STEPS, MAX_RECON_STEPS_ZH, rouge_l_f
 from tests import longbench_oracle as oracle
 
 # Few words, so that sentences share words and LCS paths branch; dots, blanks and case variants on purpose.
@@ -96,6 +97,35 @@ def test_recursion_quirk_boundary() -> None:
     assert oracle.rouge(*too_deep, None) == 0.0
     assert rouge_l_f(*deepest) == oracle.rouge(*deepest, None)
     assert rouge_l_f(*too_deep) == 0.0
+
+
+def test_recursion_quirk_boundary_of_rouge_zh_is_one_move_earlier() -> None:
+    # LongBench's rouge_zh_score calls rouge_score: one frame deeper. Measured with the official eval.py on
+    # one-line gov_report and vcsum files: k = 990 moves score on gov_report and give 0.0 on vcsum.
+    assert MAX_RECON_STEPS_ZH == MAX_RECON_STEPS - 1
+    deepest, too_deep = _deep_pair(MAX_RECON_STEPS_ZH), _deep_pair(MAX_RECON_STEPS_ZH + 1)
+    assert oracle.rouge_zh(*deepest, None) > 0.0
+    assert oracle.rouge_zh(*too_deep, None) == 0.0
+    assert oracle.rouge(*too_deep, None) > 0.0
+    assert rouge_zh_score(*deepest) == oracle.rouge_zh(*deepest, None)
+    assert rouge_zh_score(*too_deep) == 0.0
+
+
+def test_long_chinese_summaries_around_the_recursion_boundary() -> None:
+    # vcsum and dureader answers are long Chinese texts with no ASCII dot: one ROUGE sentence of hundreds of
+    # jieba words, so backtracks often pass the boundary and the sample scores 0.0, as in LongBench.
+    rng = random.Random(5)
+    words = ["会议", "讨论", "项目", "进展", "我们", "需要", "市场", "产品", "用户", "数据", "，", "。", "的"]
+    words += [f"{chr(0x4E00 + rng.randrange(2000))}{chr(0x4E00 + rng.randrange(2000))}" for _ in range(300)]
+    scores = []
+    for _ in range(6):
+        reference = "".join(rng.choices(words, k=rng.randint(250, 300)))
+        hypothesis = "".join(rng.choices(words, k=rng.randint(250, 300)))
+        expected = oracle.rouge_zh(hypothesis, reference, None)
+        assert rouge_zh_score(hypothesis, reference) == expected
+        scores.append(expected)
+    assert 0.0 in scores
+    assert any(score > 0.0 for score in scores)
 
 
 def test_deep_pair_is_found_even_when_it_adds_no_word() -> None:

@@ -47,6 +47,8 @@ from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("quasar.http")
 
+_SILENCED = logging.getLogger("quasar.http.silenced")
+_SILENCED.disabled = True
 _GUARDED_HANDLER_ARGS = frozenset({"lingering_time", "keepalive_timeout", "read_bufsize"})
 
 
@@ -175,13 +177,24 @@ class _GuardedConnection(RequestHandler):
             self._handling = False
             self._cancel_timer()
 
-    def log_exception(self, *args: Any, **kw: Any) -> None:
-        error = kw.get("exc_info")
-        if isinstance(error, HttpProcessingError):  # the client's malformed message, not our bug
-            self._guard.stats.malformed += 1
-            self._guard.lines.log("malformed HTTP message from %s: %s", self._peer, error.message)
-            return
-        super().log_exception(*args, **kw)
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError):  # a handler's exception: a bug, worth its traceback
+            return super().handle_error(request, status, exc, message)
+        # The client's malformed message: one line here, and aiohttp's own traceback silenced.
+        self._guard.stats.malformed += 1
+        reason = " ".join(str(exc.message).split())[:200]  # one line, whatever the parser put in it
+        self._guard.lines.log("malformed HTTP message from %s: %s", self._peer, reason)
+        logger, self.logger = self.logger, _SILENCED
+        try:
+            return super().handle_error(request, status, exc, message)
+        finally:
+            self.logger = logger
 
     def _start_timer(self, delay_s: float, kind: str, request: web.BaseRequest | None) -> None:
         self._cancel_timer()

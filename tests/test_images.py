@@ -1,5 +1,7 @@
 """The container images' Dockerfiles (images/): linted by hadolint and checkov, and checked against the
-repository: what they copy exists, what they install is what their entry points need.
+repository: what they copy exists, what they install is what their entry points need, every base is pinned by
+digest and every distribution comes from a lock file with hashes (images/<image>/requirements.lock, written by
+scripts/lock_images.py).
 
 No Docker engine runs here, so the images are not built. What a build would show is checked instead: each
 entry point runs with only the distributions its image installs (the others made unimportable).
@@ -10,6 +12,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from packaging.utils import canonicalize_name
 from quasar_operator.builders.common import NEURON_UID
 
 import quasar_cli
+from scripts import lock_images
 from tests.tools import HADOLINT, REPO, assert_clean, checkov, require
 
 IMAGES = REPO / "images"
@@ -121,8 +125,9 @@ def test_multi_stage_pinned_and_non_root(image: str) -> None:
     bases = [v.split()[0] for v in instructions(image, "FROM")]
     assert len(bases) >= 2, "build in one stage, run in another"
     for base in bases:
-        # A full release tag (python:3.11.14-slim-bookworm), never a moving one (python:3.11, latest).
-        assert re.fullmatch(r"[a-z0-9./-]+:\d+\.\d+\.\d+-[a-z0-9.-]+", base), base
+        # A full release tag (python:3.11.14-slim-bookworm, never a moving one such as python:3.11), for the
+        # reader, and the digest, which is what is pulled.
+        assert re.fullmatch(r"[a-z0-9./-]+:\d+\.\d+\.\d+-[a-z0-9.-]+@sha256:[0-9a-f]{64}", base), base
     assert instructions(image, "COPY")[-1].startswith("--from=build ")
     (user,) = instructions(image, "USER")
     uid, gid = (int(part) for part in user.split(":"))
@@ -147,18 +152,97 @@ def test_installs_only_its_extras(image: str) -> None:
     assert set(extras.group(1).split(",")) == EXTRAS[image]
 
 
+@pytest.mark.parametrize("image", IMAGES_LIST)
+def test_installs_only_from_its_lock_with_hashes(image: str) -> None:
+    lock_path = f"/tmp/{lock_images.LOCK_NAME}"
+    assert f"images/{image}/{lock_images.LOCK_NAME} {lock_path}" in instructions(image, "COPY")
+    from_lock, project = pip_installs(image)
+    # Every distribution from the lock, each file checked against its sha256 ...
+    assert from_lock.endswith(f"pip install --no-cache-dir --require-hashes -r {lock_path}"), from_lock
+    # ... and then the project from the copied source alone: nothing fetched, nothing resolved.
+    flags = set(project.split())
+    assert {"--no-index", "--no-deps", "--no-build-isolation"} <= flags, project
+
+
+@dataclass(frozen=True)
+class Locked:
+    name: str
+    requirement: Requirement
+    hashes: list[str]
+
+
+def lock_header_and_body(image: str) -> tuple[str, str]:
+    """The lock's opening comment and the rest."""
+    text = (IMAGES / image / lock_images.LOCK_NAME).read_text(encoding="utf-8")
+    body = re.sub(r"\A(#.*\n)+", "", text)
+    return text[: len(text) - len(body)], body
+
+
+def locked(image: str) -> dict[str, Locked]:
+    """The lock's requirements, by canonical name, with their hashes."""
+    found: dict[str, Locked] = {}
+    # One entry: a requirement line, its `--hash=` continuation lines, then `# via` comments.
+    for entry in re.split(r"\n(?=[^\s#])", lock_header_and_body(image)[1].rstrip("\n")):
+        head, *rest = entry.split("\n")
+        requirement = Requirement(head.rstrip(" \\"))
+        hashes = [m for line in rest for m in re.findall(r"--hash=sha256:([0-9a-f]{64})", line)]
+        found[canonicalize_name(requirement.name)] = Locked(requirement.name, requirement, hashes)
+    return found
+
+
+def direct_requirements(extras: set[str]) -> list[Requirement]:
+    """What pyproject.toml's extras require, the project's own extras expanded."""
+    optional = PYPROJECT["project"]["optional-dependencies"]
+    found: list[Requirement] = []
+    todo, seen = list(extras), set()
+    while todo:
+        extra = todo.pop()
+        seen.add(extra)
+        for line in optional[extra]:
+            requirement = Requirement(line)
+            if canonicalize_name(requirement.name) == canonicalize_name(PROJECT):
+                todo += [e for e in requirement.extras if e not in seen]
+            else:
+                found.append(requirement)
+    return found
+
+
+@pytest.mark.parametrize("image", IMAGES_LIST)
+def test_the_lock_pins_every_requirement_with_hashes(image: str) -> None:
+    lock = locked(image)
+    assert lock_images.REGENERATE in lock_header_and_body(image)[0]
+    for entry in lock.values():
+        assert entry.hashes, f"{entry.name}: no --hash"
+        pinned = entry.requirement.url is not None or str(entry.requirement.specifier).startswith("==")
+        assert pinned, entry.requirement
+        assert entry.requirement.marker is None, entry.requirement
+    # Fresh: each of the extras' requirements (pyproject.toml) is satisfied by its locked version.
+    for requirement in direct_requirements(EXTRAS[image]):
+        name = canonicalize_name(requirement.name)
+        assert name in lock, f"{requirement} is not in the lock: {lock_images.REGENERATE}"
+        pin = lock[name].requirement
+        version = lock_images.TORCH_VERSION if pin.url else str(pin.specifier).removeprefix("==")
+        assert requirement.specifier.contains(version, prereleases=True), (requirement, version)
+    # And the build backend the project is installed with.
+    for line in PYPROJECT["build-system"]["requires"]:
+        assert canonicalize_name(Requirement(line).name) in lock
+
+
 def test_operator_image_has_no_torch() -> None:
     assert "torch" not in distributions(EXTRAS["operator"])
-    assert not [c for c in pip_installs("operator") if "torch" in c]
+    assert not {"torch", "bittensor"} & set(locked("operator"))
 
 
-def test_neuron_image_installs_the_pinned_cpu_torch_first() -> None:
+def test_neuron_image_has_the_pinned_cpu_torch_without_cuda() -> None:
     assert "torch" in distributions(EXTRAS["neuron"])
-    pins = {r for r in PYPROJECT["project"]["optional-dependencies"]["local"] if r.startswith("torch")}
-    (pin,) = pins
-    torch, project = pip_installs("neuron")
-    assert torch.endswith(f"--index-url https://download.pytorch.org/whl/cpu {pin}")
-    assert "[miner,validator]" in project
+    lock = locked("neuron")
+    torch = lock["torch"]
+    assert torch.requirement.url == lock_images.TORCH_CPU_WHEEL
+    assert torch.hashes == [lock_images.TORCH_CPU_SHA256]
+    assert lock_images.torch_pin() == f"torch=={lock_images.TORCH_VERSION}"  # pyproject.toml's pin
+    assert f"/cpu/torch-{lock_images.TORCH_VERSION}%2Bcpu-cp311-" in lock_images.TORCH_CPU_WHEEL
+    cuda = [n for n in lock if n.startswith(("nvidia-", "cuda-", "triton"))]
+    assert cuda == []
 
 
 BLOCKER = """

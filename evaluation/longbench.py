@@ -124,18 +124,55 @@ def _text_lines(handle: IO[bytes]) -> Iterable[str]:
         yield line.decode("utf-8")
 
 
+# How long the one reachability check of the Hub may take before it counts as unreachable.
+_HUB_CHECK_TIMEOUT_S = 10.0
+_PASS_DATA = "pass --data with a folder of <dataset>.jsonl files or LongBench's data.zip"
+
+
 def _download() -> Path:
+    """data.zip from the Hugging Face cache, else from the Hub. Where the Hub cannot be reached the error
+    comes at once: the Hub client would retry for about 24 s before giving up."""
     where = f"{LONGBENCH_REPO}@{LONGBENCH_REVISION}"
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download, is_offline_mode
+        from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError as error:
         raise InputError(where, f"needs huggingface_hub ({error}); install quasar-subnet[eval]") from None
-    try:
-        path = hf_hub_download(
-            repo_id=LONGBENCH_REPO, filename="data.zip", repo_type="dataset", revision=LONGBENCH_REVISION
+
+    def fetch(local_files_only: bool) -> Path:
+        return Path(
+            hf_hub_download(
+                LONGBENCH_REPO,
+                "data.zip",
+                repo_type="dataset",
+                revision=LONGBENCH_REVISION,
+                local_files_only=local_files_only,
+            )
         )
-    except Exception as error:  # the Hub client raises many unrelated types for "unreachable"
+
+    try:
+        return fetch(local_files_only=True)
+    except LocalEntryNotFoundError:
+        pass  # not downloaded before
+    if is_offline_mode():
         raise InputError(
-            where, f"cannot download data.zip ({error}); pass --data with a folder or data.zip"
+            where, f"data.zip is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {_PASS_DATA}"
+        )
+    _require_hub_reachable(where)
+    try:
+        return fetch(local_files_only=False)
+    except Exception as error:  # the Hub client raises many unrelated types for "unreachable"
+        raise InputError(where, f"cannot download data.zip ({error}); {_PASS_DATA}") from None
+
+
+def _require_hub_reachable(where: str) -> None:
+    """One request to the Hub's endpoint (HF_ENDPOINT), without retries: any HTTP answer will do."""
+    import httpx2
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=_HUB_CHECK_TIMEOUT_S)
+    except httpx2.TransportError as error:
+        raise InputError(
+            where, f"the Hugging Face Hub at {constants.ENDPOINT} is unreachable ({error}); {_PASS_DATA}"
         ) from None
-    return Path(path)

@@ -1,6 +1,10 @@
 """`quasar eval run` end to end: real prompts, real HTTP to a fake TGI, real scoring and rewards."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,3 +95,38 @@ def test_bad_options_exit_2_with_the_option_named(tmp_path: Path, capsys: pytest
     assert main(["eval", "run", "--lengths", "3m", "--output", str(tmp_path / "o.json")]) == 2
     assert "'3m'" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+
+
+def _run_without_data(tmp_path: Path, **env: str) -> "subprocess.CompletedProcess[str]":
+    """`quasar eval run --tasks qasper` without --data, in a process of its own with an empty Hugging Face
+    cache and the given environment (the suite's HF_HUB_OFFLINE removed)."""
+    environment = {k: v for k, v in os.environ.items() if k not in {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"}}
+    return subprocess.run(
+        [sys.executable, "-m", "quasar_cli", "eval", "run", "--tasks", "qasper"],
+        env=environment | {"HF_HOME": str(tmp_path / "hf")} | env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_an_unreachable_hub_fails_at_once_asking_for_data(tmp_path: Path) -> None:
+    # A bound, never-listening port on loopback: connections to it are refused. No request leaves the host.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        done = _run_without_data(tmp_path, HF_ENDPOINT=endpoint)
+    assert done.returncode == 2
+    assert f"the Hugging Face Hub at {endpoint} is unreachable" in done.stderr
+    assert "pass --data" in done.stderr
+    assert "Retry" not in done.stderr  # one attempt, not the Hub client's five retries
+    assert not (tmp_path / "results").exists()
+
+
+def test_offline_mode_without_a_cached_copy_asks_for_data(tmp_path: Path) -> None:
+    # The endpoint is a loopback one too, so that nothing could leave the host if offline mode were ignored.
+    done = _run_without_data(tmp_path, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
+    assert done.returncode == 2
+    assert "data.zip is not in the Hugging Face cache and HF_HUB_OFFLINE is set" in done.stderr
+    assert "pass --data" in done.stderr

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import signal
+import socket
 import sys
 import threading
 import time
@@ -36,6 +37,7 @@ from prometheus_client.core import Metric, UnknownMetricFamily
 from prometheus_client.registry import Collector
 
 from evaluation.engines import EngineError, LoadedModel, load_local_model
+from evaluation.http_guard import GuardedSite, GuardLimits, serve_guarded
 from evaluation.local_model import LOCAL_MAX_TOTAL_TOKENS, ensure_local_model
 
 log = logging.getLogger("quasar.engine")
@@ -46,6 +48,9 @@ DEFAULT_PAYLOAD_LIMIT = 64 * 1024 * 1024  # bytes: a 2M-token prompt is ~8 MB of
 DEFAULT_GENERATION_LENGTH = 1024
 VERSION = "quasar-local-engine-1"
 MAX_CONCURRENT_REQUESTS = 128  # TGI's default: more requests waiting or running get a 429
+# The guard's defaults (timeouts, ...), but room for every request TGI's limit lets in from one peer (mock
+# mode's miners all connect from 127.0.0.1), plus /health and /metrics, so the 429 stays reachable.
+GUARD_LIMITS = GuardLimits(max_connections_per_peer=2 * MAX_CONCURRENT_REQUESTS)
 PAYLOAD_TOO_LARGE = "Failed to buffer the request body: length limit exceeded"  # TGI's (axum's) text
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Parameters that would make TGI answer differently from greedy decoding of the whole prompt: refused,
@@ -698,11 +703,11 @@ def _timing_headers(job: Job, outcome: Outcome, total_s: float, compute_type: st
 class RunningEngineServer:
     url: str
     server: EngineServer
-    _runner: web.AppRunner = field(repr=False)
+    site: GuardedSite = field(repr=False)
 
     async def stop(self) -> None:
         """Stop listening; running generations are told to stop and given the shutdown timeout to end."""
-        await self._runner.cleanup()
+        await self.site.stop()
 
 
 def resolve_model(model: str | None) -> str:
@@ -733,15 +738,18 @@ async def start_engine_server(
         raise ValueError(f"the payload limit must be positive, got {payload_limit}")
     # /info names the model as given, as TGI echoes its --model-id: miners compare it with their flag.
     server = EngineServer(Generator(loaded), model or TINY_MODEL, max_input, total, payload_limit)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family)
     # handler_cancellation: a client that hangs up cancels its handler, which stops its generation.
-    runner = web.AppRunner(
-        server.app(), handle_signals=False, handler_cancellation=True, shutdown_timeout=shutdown_timeout_s
+    site = await serve_guarded(
+        server.app(),
+        sock,
+        GUARD_LIMITS,
+        handle_signals=False,
+        handler_cancellation=True,
+        shutdown_timeout=shutdown_timeout_s,
     )
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound_host, bound_port = runner.addresses[0][:2]
-    return RunningEngineServer(f"http://{_url_host(bound_host)}:{bound_port}", server, runner)
+    return RunningEngineServer(f"http://{_url_host(site.host)}:{site.port}", server, site)
 
 
 def _url_host(host: str) -> str:

@@ -299,8 +299,9 @@ def test_too_many_requests_in_flight_are_refused(
 
 def test_stopping_lets_the_running_request_finish(local_model: Path) -> None:
     async def scenario() -> tuple[int, bool]:
-        running = await start_engine_server(str(local_model), max_total_tokens=4096)
-        async with httpx2.AsyncClient(base_url=running.url, timeout=30) as client:
+        # A shutdown timeout the running request finishes well within, however busy the machine.
+        running = await start_engine_server(str(local_model), max_total_tokens=4096, shutdown_timeout_s=120)
+        async with httpx2.AsyncClient(base_url=running.url, timeout=120) as client:
             body = {"inputs": "the" + " the" * 1000, "parameters": {"max_new_tokens": 200}}
             answer = asyncio.create_task(client.post("/generate", json=body))
             while metric((await client.get("/metrics")).text, "tgi_batch_current_size") == 0:
@@ -438,3 +439,31 @@ def test_no_body_gets_a_5xx(small_server: HostedServer, path: str, raw: bytes) -
     assert answer.status_code < 500, answer.text
     if answer.status_code >= 400 and answer.status_code != 413:
         assert answer.json()["error"]  # a JSON error saying what was wrong
+
+
+def test_a_refused_body_is_not_read_and_its_connection_closes(server: HostedServer) -> None:
+    """Through evaluation.http_guard: a 413 for a declared 10 GiB body closes the connection at once, though
+    the client keeps sending (aiohttp alone would go on reading it for 10 s)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    head = b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Content-Length: %d\r\n\r\n" % (10 * 2**30)
+    before = server.running.site.stats.bytes_received
+    with socket.create_connection((host, int(port)), timeout=30) as client:
+        client.sendall(head)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413")
+        assert _sent_until_refused(client, 64 * 2**20)  # the server hung up: it reads no more of it
+    read = server.running.site.stats.bytes_received - before
+    assert read < 256 * 1024  # the head, the first chunks, nothing of the rest
+
+
+def _sent_until_refused(client: socket.socket, most: int) -> bool:
+    """Whether the peer refuses the data (the connection reset) before `most` bytes were sent."""
+    try:
+        for _ in range(most // 65536):
+            client.sendall(b"x" * 65536)
+    except OSError:
+        return True
+    return False

@@ -7,10 +7,28 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from evaluation.buckets import BUCKETS
 from evaluation.errors import InputError
 from evaluation.tasks import DEFAULT_TASKS, TASKS
+
+
+class SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that rejects unknown arguments itself, showing its own usage.
+
+    argparse leaves a subcommand's unknown arguments to the parent, whose usage does not show the subcommand's
+    options. Pass it as `add_subparsers(parser_class=SubcommandParser)`.
+    """
+
+    # typeshed declares three overloads by namespace type; one signature serves them all here.
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, unknown = super().parse_known_args(args, namespace)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return parsed, unknown
 
 
 def _csv(value: str) -> list[str]:
@@ -19,7 +37,9 @@ def _csv(value: str) -> list[str]:
 
 def _build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Evaluate long-context models.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=SubcommandParser
+    )
 
     score = commands.add_parser(
         "score",
@@ -51,15 +71,24 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         "--model", help="model id: the tokenizer for bucket sizes, and the model name for openai"
     )
     run.add_argument(
-        "--tasks", type=_csv, default=list(DEFAULT_TASKS), help=f"comma list from: {', '.join(TASKS)}"
+        "--tasks",
+        type=_csv,
+        default=list(DEFAULT_TASKS),
+        help=f"comma list from: {', '.join(TASKS)} (default: {', '.join(DEFAULT_TASKS)}: no data set needed)",
     )
     run.add_argument(
-        "--lengths", type=_csv, default=["32k"], help=f"comma list of buckets: {', '.join(BUCKETS)}"
+        "--lengths",
+        type=_csv,
+        default=["32k"],
+        help=f"comma list of buckets: {', '.join(BUCKETS)} (default: 32k)",
     )
     run.add_argument("--samples", type=int, default=1, help="samples per task and bucket (default: 1)")
     run.add_argument("--seed", type=int, default=0, help="seed for context construction (default: 0)")
     run.add_argument(
-        "--data", type=Path, help="LongBench data: a folder of <dataset>.jsonl files or data.zip"
+        "--data",
+        type=Path,
+        help="LongBench data: a folder of <dataset>.jsonl files or data.zip (default: data.zip from the "
+        "Hugging Face Hub, or its cache)",
     )
     run.add_argument("--timeout", type=float, default=3600.0, help="seconds per request (default: 3600)")
     run.add_argument("--concurrency", type=int, default=1, help="requests in flight at once (default: 1)")

@@ -12,6 +12,7 @@ import pytest
 
 from evaluation.contexts import build_items
 from evaluation.rewards import RewardRule
+from evaluation.tasks import DEFAULT_TASKS
 from evaluation.tokenizer import load_tokenizer
 from quasar_cli import main
 from tests.fake_tgi import FakeTGI
@@ -130,3 +131,23 @@ def test_offline_mode_without_a_cached_copy_asks_for_data(tmp_path: Path) -> Non
     assert done.returncode == 2
     assert "data.zip is not in the Hugging Face cache and HF_HUB_OFFLINE is set" in done.stderr
     assert "pass --data" in done.stderr
+
+
+@pytest.mark.parametrize("command", [["score", "preds"], ["run"]])
+def test_a_bad_flag_after_a_subcommand_shows_that_subcommands_usage(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", *command, "--bogus"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: quasar eval {command[0]} ")
+    assert f"quasar eval {command[0]}: error: unrecognized arguments: --bogus" in err
+
+
+def test_run_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["eval", "run", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    assert f"(default: {', '.join(DEFAULT_TASKS)}: no data set needed)" in help_text
+    assert "(default: 32k)" in help_text

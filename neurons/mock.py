@@ -38,13 +38,13 @@ import bittensor
 
 from evaluation.contexts import Records
 from evaluation.demo_data import make_records
+from evaluation.dev_engine.server import start_engine_server
 from evaluation.engines import Engine, EngineInfo, Generation, make_engine
 from evaluation.errors import InputError
 from evaluation.longbench import LongBenchRecord, parse_record
 from evaluation.tasks import LONGBENCH_TASKS, get_task
 from neurons.auth import create_wallet
 from neurons.chain import FakeChain
-from neurons.engine_server import start_engine_server
 from neurons.miner import MinerConfig, start_miner
 from neurons.validator import ValidatorConfig, WandbFactory, load_records, run_validator
 

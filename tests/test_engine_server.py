@@ -21,9 +21,9 @@ from huggingface_hub import AsyncInferenceClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from evaluation.dev_engine.server import RunningEngineServer, main, start_engine_server
 from evaluation.engines import EngineError, EngineInfo, Generation, make_engine
 from evaluation.local_model import ensure_local_model
-from neurons.engine_server import RunningEngineServer, main, start_engine_server
 
 T = TypeVar("T")
 MAX_INPUT_TOKENS = 3000
@@ -224,7 +224,7 @@ def test_the_serve_command_runs_until_sigterm(local_model: Path) -> None:
     command = [
         sys.executable,
         "-c",
-        "import sys; from neurons.engine_server import main; sys.exit(main(sys.argv[1:], 'engine'))",
+        "import sys; from evaluation.dev_engine.server import main; sys.exit(main(sys.argv[1:], 'engine'))",
     ]
     args = ["serve", "--model", str(local_model), "--port", str(port), "--max-total-tokens", "2048"]
     process = subprocess.Popen(command + args, cwd=Path(__file__).parents[1], env=os.environ.copy())
@@ -282,7 +282,7 @@ def test_a_stream_left_early_frees_the_model(server: HostedServer) -> None:
 def test_too_many_requests_in_flight_are_refused(
     server: HostedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("neurons.engine_server.MAX_CONCURRENT_REQUESTS", 1)
+    monkeypatch.setattr("evaluation.dev_engine.server.MAX_CONCURRENT_REQUESTS", 1)
 
     async def two_at_once() -> list[int]:
         async with httpx2.AsyncClient(base_url=server.url, timeout=30) as client:

@@ -43,7 +43,7 @@ from prometheus_client import (
 
 from evaluation.engines import Engine, EngineError, EngineInfo, make_engine
 from evaluation.errors import InputError
-from evaluation.http_guard import GuardedSite, GuardLimits, serve_guarded
+from evaluation.http_guard import GuardedSite, GuardLimits, GuardStats, serve_guarded
 from evaluation.tasks import TASKS
 from neurons import protocol
 from neurons.auth import AuthError, RequestVerifier, read_claim
@@ -616,6 +616,11 @@ class RunningMiner:
     port: int
     _site: GuardedSite
     _sync_task: "asyncio.Task[None]"
+
+    @property
+    def guard_stats(self) -> GuardStats:
+        """What the HTTP guard saw: bytes read, connections refused, timeouts, malformed messages."""
+        return self._site.stats
 
     async def stop(self) -> None:
         self._sync_task.cancel()

@@ -18,6 +18,7 @@ import aiohttp
 import bittensor
 import pytest
 
+from evaluation.dev_engine.server import start_engine_server
 from evaluation.engines import EngineError, EngineInfo, Generation, make_engine
 from evaluation.errors import InputError
 from evaluation.local_model import ensure_local_model
@@ -25,7 +26,6 @@ from evaluation.tasks import TASKS
 from neurons import protocol
 from neurons.auth import create_wallet, signed_headers
 from neurons.chain import Chain, ChainError, FakeChain, MetagraphSnapshot, WeightLimits
-from neurons.engine_server import start_engine_server
 from neurons.miner import (
     DEFAULT_MAX_NEW_TOKENS,
     MinerConfig,

@@ -282,7 +282,7 @@ def test_a_stream_left_early_frees_the_model(server: HostedServer) -> None:
 def test_too_many_requests_in_flight_are_refused(
     server: HostedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("evaluation.dev_engine.server.MAX_CONCURRENT_REQUESTS", 1)
+    monkeypatch.setattr("evaluation.dev_engine.model.MAX_CONCURRENT_REQUESTS", 1)
 
     async def two_at_once() -> list[int]:
         async with httpx2.AsyncClient(base_url=server.url, timeout=30) as client:

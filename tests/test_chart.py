@@ -89,7 +89,21 @@ EVERYTHING: Obj = {
     "imagePullSecrets": [{"name": "regcred"}],
     "serviceAccount": {"create": True, "name": "quasar-operator", "annotations": {"example.com/iam": "x"}},
     "rbac": {"create": True, "listPodsClusterWide": True},
-    "metrics": {"service": {"enabled": True, "port": 8000, "annotations": {"prometheus.io/scrape": "true"}}},
+    "metrics": {
+        "service": {"enabled": True, "port": 8000, "annotations": {"prometheus.io/scrape": "true"}},
+        "serviceMonitor": {
+            "enabled": True,
+            "interval": "15s",
+            "labels": {"release": "kube-prometheus-stack"},
+        },
+        "prometheusRule": {"enabled": True, "for": "5m", "labels": {"release": "kube-prometheus-stack"}},
+        "grafanaDashboard": {
+            "enabled": True,
+            "namespace": "monitoring",
+            "labels": {"team": "subnet"},
+            "annotations": {"grafana_folder": "QUASAR"},
+        },
+    },
     "images": {
         "engine": "ghcr.io/huggingface/text-generation-inference:3.3.4",
         "neuron": "ghcr.io/quasar-subnet/quasar@sha256:" + "cd" * 32,
@@ -181,6 +195,8 @@ def test_every_rendered_manifest_validates(scenario: str) -> None:
         if obj["kind"] in MODELS:
             assert api_server_errors(obj["kind"], obj) == [], obj["metadata"]["name"]
             MODELS[obj["kind"]].model_validate(obj)
+        elif obj["apiVersion"] == "monitoring.coreos.com/v1":
+            continue  # the Prometheus Operator's kinds: tests/test_dashboards.py checks them
         else:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
@@ -442,6 +458,14 @@ BAD_VALUES: dict[str, tuple[Obj, str]] = {
         },
         "validators[0] (x/v): the operator does not watch namespace x "
         "(it watches default, miners: add it to operator.watchNamespaces)",
+    ),
+    "scrape interval": (
+        {"metrics": {"serviceMonitor": {"interval": "30"}}},
+        "at '/metrics/serviceMonitor/interval': '30' does not match pattern",
+    ),
+    "service monitor without the service": (
+        {"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
+        "metrics.serviceMonitor.enabled needs metrics.service.enabled",
     ),
     "cluster-wide and a list": (
         {"operator": {"clusterWide": True, "watchNamespaces": ["miners"]}},

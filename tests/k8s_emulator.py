@@ -12,6 +12,10 @@ kmock emulates an API server in memory over HTTP; kopf runs against it with thes
 5. A list honours an equality `labelSelector` (`k=v,k2=v2`), as a real API server does; kmock answers every
    object. The operator filters what it lists by labels itself too, so no test passes on this; without it
    each miner's reconcile would download every Deployment, and a benchmark would measure that.
+6. A GET that asks for `PartialObjectMetadata` (the Accept header the operator's wallet check sends) gets
+   the object's metadata alone, as from a real API server; kmock would send the whole object.
+7. In that view an object with `data` (a Secret) lists its data keys in `managedFields`, as a real API
+   server's field manager records them (kmock records none), unless the object was stored with its own.
 
 What kmock does not emulate, the tests must not lean on: there is no /status subresource (a status patch
 is a plain merge), no garbage collection (the operator's own cleanup deletes children; the tests check
@@ -70,7 +74,7 @@ TEST_SETTINGS = Settings(
 
 
 class Emulator(kmock.KubernetesEmulator):
-    """Adaptations 2 to 5."""
+    """Adaptations 2 to 7."""
 
     _versions = itertools.count(1)
 
@@ -104,6 +108,20 @@ class Emulator(kmock.KubernetesEmulator):
             if all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in wanted.items())
         ]
         return {**payload, "items": items}
+
+    async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
+        """Adaptations 6 and 7: the metadata-only view, with the data keys' field records."""
+        payload = await super()._serve_fetch(request)
+        if "as=PartialObjectMetadata" not in request.headers.get("Accept", ""):
+            return payload
+        assert isinstance(payload, dict)
+        metadata = dict(payload["metadata"])
+        if "managedFields" not in metadata and isinstance(payload.get("data"), dict):
+            fields = {"f:data": {f"f:{key}": {} for key in payload["data"]}, "f:type": {}}
+            metadata["managedFields"] = [
+                {"manager": "kubectl-create", "operation": "Update", "apiVersion": "v1", "fieldsV1": fields}
+            ]
+        return {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": metadata}
 
     async def _serve(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """Adaptations 2 and 3: the metadata a real API server sets on every write, 422 on a failed test."""
@@ -197,7 +215,9 @@ async def client(server: Emulator) -> AsyncIterator[KubeApi]:
         await api.close()
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout: float = 10, what: str = "") -> T:
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 10, interval: float = 0.05, what: str = ""
+) -> T:
     """Poll until `probe` returns something truthy: the operator works asynchronously."""
     deadline = time.monotonic() + timeout
     while True:
@@ -206,4 +226,4 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout: float
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or probe}")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(interval)

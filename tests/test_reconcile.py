@@ -36,7 +36,13 @@ class FakeApi:
         self.fail = fail
 
     async def get(self, path: str) -> Obj | None:
+        # A Secret's values are never read: only its metadata (below).
+        assert "/secrets/" not in path, f"read a Secret whole: {path}"
         return self.objects.get(path)
+
+    async def get_metadata(self, path: str) -> Obj | None:
+        found = self.objects.get(path)
+        return None if found is None else dict(found.get("metadata") or {})
 
     async def list(self, path: str, label_selector: dict[str, str] | None = None) -> list[Obj]:
         prefix = path + "/"
@@ -81,7 +87,8 @@ def miner(spec: Obj | None = None, name: str = "m1", conditions: list[Obj] | Non
         "subnet": {"netuid": 7},
         "exposure": {"externalIP": "203.0.113.7"},
     }
-    return Resource(name, "ns", "uid-1", 3, {**base, **(spec or {})}, conditions or [])
+    status = {"conditions": conditions} if conditions else None
+    return Resource(name, "ns", "uid-1", 3, {**base, **(spec or {})}, status)
 
 
 def by_type(result: Result) -> dict[str, Obj]:
@@ -208,9 +215,7 @@ def test_an_existing_claim_is_neither_created_nor_cleaned_up() -> None:
 
 def test_validator_applies_service_then_statefulset() -> None:
     api = with_wallet()
-    resource = Resource(
-        "v1", "ns", "uid-2", 1, {"wallet": {"secretName": "wallet"}, "subnet": {"netuid": 7}}, []
-    )
+    resource = Resource("v1", "ns", "uid-2", 1, {"wallet": {"secretName": "wallet"}, "subnet": {"netuid": 7}})
     result = run(reconcile_validator(api, resource, NOW, ScalingState()))
     assert result.failure is None
     assert api.applied == [
@@ -222,7 +227,7 @@ def test_validator_applies_service_then_statefulset() -> None:
 
 
 def test_validator_invalid_spec() -> None:
-    resource = Resource("v1", "ns", "uid-2", 1, {"wallet": {"secretName": "wallet"}}, [])
+    resource = Resource("v1", "ns", "uid-2", 1, {"wallet": {"secretName": "wallet"}})
     result = run(reconcile_validator(with_wallet(), resource, NOW, ScalingState()))
     assert result.failure is not None
     assert result.failure.message.startswith("spec.subnet: ")

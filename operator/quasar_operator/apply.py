@@ -32,6 +32,9 @@ _RESOURCES: dict[str, tuple[str, str]] = {
     "Pod": ("/api/v1", "pods"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
 }
+# The API server's metadata-only view of an object (the one Kubernetes' garbage collector reads): metadata
+# without spec, status or a Secret's data. Every API server since 1.15 serves it.
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 # Read across the cluster, for GPU capacity.
 NODES_PATH = "/api/v1/nodes"
 ALL_PODS_PATH = "/api/v1/pods"
@@ -101,16 +104,20 @@ class KubeApi:
         await self.session.close()
 
     async def _call(
-        self, method: str, path: str, body: Obj | None = None, content_type: str = ""
+        self, method: str, path: str, body: Obj | None = None, content_type: str = "", accept: str = ""
     ) -> Obj | None:
         try:
-            return await self._request(method, path, body, content_type)
+            return await self._request(method, path, body, content_type, accept)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # An unreachable or slow API server is one more API error: reported and retried like the others.
             raise ApiError(0, f"{method} {path}: {exc!r}") from exc
 
-    async def _request(self, method: str, path: str, body: Obj | None, content_type: str) -> Obj | None:
+    async def _request(
+        self, method: str, path: str, body: Obj | None, content_type: str, accept: str
+    ) -> Obj | None:
         headers = {"Content-Type": content_type or "application/json"} if body is not None else {}
+        if accept:
+            headers["Accept"] = accept
         data = None if body is None else json.dumps(body)
         async with self.session.request(method, self.server + path, data=data, headers=headers) as response:
             if response.status == 404:
@@ -128,6 +135,19 @@ class KubeApi:
     async def get(self, path: str) -> Obj | None:
         """The object, or None when it does not exist."""
         return await self._call("GET", path)
+
+    async def get_metadata(self, path: str) -> Obj | None:
+        """The object's metadata alone, or None when it does not exist: the API server sends neither its
+        spec nor its data (a Secret's values never reach the operator)."""
+        found = await self._call("GET", path, accept=PARTIAL_METADATA)
+        if found is None:
+            return None
+        if found.get("kind") != "PartialObjectMetadata":
+            # A server that ignored the Accept header sent the whole object (a Secret's values too): an error,
+            # so that it is noticed rather than silently relied on.
+            raise ApiError(406, f"GET {path}: the API server did not send metadata only")
+        metadata: Obj = found.get("metadata") or {}
+        return metadata
 
     async def list(self, path: str, label_selector: dict[str, str] | None = None) -> list[Obj]:
         """The items of a collection. The API server filters by `label_selector`; so does this, so that a

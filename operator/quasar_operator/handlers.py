@@ -7,7 +7,7 @@ resource (a person, an HPA or KEDA through the scale subresource).
 """
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
@@ -117,7 +117,11 @@ async def _run(
     DURATION.labels(kind).observe(time.monotonic() - started)
     # An unchanged status is not written: every write wakes every watcher, and kopf's own patches test
     # the resourceVersion, which a needless write would keep moving.
-    if differs(result.status, body.get("status") or {}):
+    live = body.get("status")
+    if result.replace_status and isinstance(live, Mapping):
+        # A merge patch keeps the fields it does not name: the unreadable ones are removed explicitly.
+        patch["status"] = {**dict.fromkeys(live), **result.status}
+    elif differs(result.status, live if isinstance(live, Mapping) else None):
         patch["status"] = result.status
     for note in result.notes:
         post = kopf.warn if note.type == "Warning" else kopf.info
@@ -163,13 +167,20 @@ async def _cleanup(kind: str, body: kopf.Body, client: Client, logger: kopf.Logg
             raise kopf.TemporaryError(f"cleanup of {path}: {exc}", delay=client.settings.retry_delay) from exc
 
 
-def _dynamic(spec: kopf.Spec, **_: Any) -> bool:
-    autoscaling = spec.get("autoscaling") or {}
-    return bool(spec.get("placement")) or (bool(autoscaling) and autoscaling.get("mode") != "external")
+def _dynamic(body: kopf.Body, **_: Any) -> bool:
+    """Whether the miner scales or places itself. Read from the raw body, as the reconcile has not parsed it:
+    a malformed spec (a string, `autoscaling: "on"`) is not dynamic, and its reconcile reports it."""
+    spec = body.get("spec")
+    if not isinstance(spec, Mapping):
+        return False
+    placement, autoscaling = spec.get("placement"), spec.get("autoscaling")
+    placed = isinstance(placement, Mapping) and bool(placement)
+    scaled = isinstance(autoscaling, Mapping) and bool(autoscaling) and autoscaling.get("mode") != "external"
+    return placed or scaled
 
 
-def _static(spec: kopf.Spec, **kwargs: Any) -> bool:
-    return not _dynamic(spec, **kwargs)
+def _static(body: kopf.Body, **kwargs: Any) -> bool:
+    return not _dynamic(body, **kwargs)
 
 
 def build_registry(

@@ -75,14 +75,17 @@ def _camel(name: str) -> str:
 
 
 class _Base(BaseModel):
-    """Common configuration: camelCase aliases, Python names also accepted, unknown fields rejected.
+    """Common configuration: camelCase aliases, Python names also accepted, unknown fields rejected, strict
+    types.
 
     Unknown fields are errors rather than silently dropped so that a typo never means a setting that quietly
     does nothing, even from a client that asked the API server to prune unknown fields instead of refusing.
+    Types are strict, as the CRD's schema is: `replicas: true` or `port: "80"` is an error, not 1 or 80 (a
+    whole number is still a valid float, as JSON does not tell 2 from 2.0).
     """
 
     model_config = ConfigDict(
-        alias_generator=AliasGenerator(alias=_camel), validate_by_name=True, extra="forbid"
+        alias_generator=AliasGenerator(alias=_camel), validate_by_name=True, extra="forbid", strict=True
     )
 
 
@@ -121,8 +124,9 @@ QUANTITY_PATTERN = (
 
 
 def _quantity(value: Any) -> Any:
-    # Quantities may be written as YAML numbers (`cpu: 2`); the API hands them back as they came.
-    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+    # Quantities may be written as YAML integers (`cpu: 2`, int-or-string in the CRD); the API hands them
+    # back as they came. A fraction (`cpu: 0.5`) is refused by the schema, so it is an error here too.
+    return str(value) if type(value) is int else value
 
 
 Quantity = Annotated[
@@ -950,8 +954,52 @@ class QuasarValidator(_Base):
     status: ValidatorStatus | None = None
 
 
-def error_summary(exc: ValidationError) -> str:
-    """The errors on one line, each with its dotted camelCase path (`spec.model: maxInputTokens must ...`)."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
-    )
+# pydantic's type errors, as a Kubernetes user reads them: the JSON type the field needs.
+_EXPECTED = {
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "dict_type": "an object",
+    "list_type": "a list",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "a boolean",
+}
+# Enough to see what is wrong; the message stays far below a condition's and an Event's size limits.
+MAX_ERRORS = 10
+
+
+def json_type(value: Any) -> str:
+    """The JSON type of a parsed JSON value, as a message names it."""
+    if value is None:
+        return "null"
+    for python, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string")):
+        if isinstance(value, python):
+            return name
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def field_path(root: str, loc: Iterable[str | int]) -> str:
+    """A pydantic location as Kubernetes writes a field path: `spec.placement.pools[0].name`."""
+    out = root
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or "."
+
+
+def error_summary(exc: ValidationError, root: str = "") -> str:
+    """The errors on one line, each with its field path under `root` (`spec.model: maxInputTokens must ...`),
+    at most MAX_ERRORS of them."""
+    errors = exc.errors(include_url=False)
+    parts = [
+        f"{field_path(root, err['loc'])}: "
+        + (
+            f"must be {_EXPECTED[err['type']]}, not {json_type(err['input'])}"
+            if err["type"] in _EXPECTED
+            else err["msg"]
+        )
+        for err in errors[:MAX_ERRORS]
+    ]
+    if len(errors) > MAX_ERRORS:
+        parts.append(f"and {len(errors) - MAX_ERRORS} more")
+    return "; ".join(parts)

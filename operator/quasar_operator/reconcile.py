@@ -5,11 +5,11 @@ status and an Event. Nothing here raises on a bad resource: the caller (kopf's h
 retries, so one broken object never stops the operator from serving the others.
 """
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from quasar_operator.apply import ApiError, object_path
 from quasar_operator.builders import (
@@ -26,7 +26,15 @@ from quasar_operator.builders import (
 from quasar_operator.builders.common import Owner
 from quasar_operator.builders.miner import KIND, miner_disruption_budget, miner_names
 from quasar_operator.builders.validator import validator_name
-from quasar_operator.models import QuasarMinerSpec, QuasarValidatorSpec, WalletSpec, error_summary
+from quasar_operator.models import (
+    Condition,
+    MinerStatus,
+    QuasarMinerSpec,
+    QuasarValidatorSpec,
+    ValidatorStatus,
+    WalletSpec,
+    error_summary,
+)
 from quasar_operator.scaling import (
     Note,
     ScalingState,
@@ -34,20 +42,25 @@ from quasar_operator.scaling import (
     miner_pods,
     owned_deployments_selector,
     place,
-    previous_status,
 )
 from quasar_operator.status import Failure, Workload, compute
+from quasar_operator.wallet import NEEDED_KEYS, coldkeys, data_keys
 
 Obj = dict[str, Any]
 
 INVALID_SPEC = "InvalidSpec"
+INVALID_STATUS = "InvalidStatus"
 SECRET_MISSING = "SecretMissing"
+SECRET_HAS_COLDKEY = "SecretHasColdkey"
+SECRET_INCOMPLETE = "SecretIncomplete"
 API_ERROR = "ApiError"
 ADDRESS_PENDING = "AddressPending"
 
 
 class Api(Protocol):
     async def get(self, path: str) -> Obj | None: ...
+
+    async def get_metadata(self, path: str) -> Obj | None: ...
 
     async def apply(self, desired: Obj) -> Obj: ...
 
@@ -60,28 +73,42 @@ class Api(Protocol):
 
 @dataclass(frozen=True)
 class Resource:
-    """What the pipeline reads of a custom resource."""
+    """What the pipeline reads of a custom resource: its identity, and its spec and status as the API server
+    returned them (anything at all until parsed: an emulator, or an object stored before its CRD had a
+    schema, can hold a spec that is a string)."""
 
     name: str
     namespace: str
     uid: str
     generation: int | None
-    spec: Mapping[str, Any]
-    conditions: list[Obj]
-    status: Mapping[str, Any] = field(default_factory=dict)
+    spec: Any
+    status: Any = None
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> "Resource":
-        meta = body.get("metadata") or {}
+        # The API server always sets these; kopf hands over nothing without them.
+        meta = body["metadata"]
+        generation = meta.get("generation")
         return cls(
             name=meta["name"],
             namespace=meta["namespace"],
             uid=meta["uid"],
-            generation=meta.get("generation"),
-            spec=body.get("spec") or {},
-            status=body.get("status") or {},
-            conditions=list((body.get("status") or {}).get("conditions") or []),
+            generation=generation if type(generation) is int else None,
+            spec=body.get("spec"),
+            status=body.get("status"),
         )
+
+    @property
+    def conditions(self) -> list[Obj]:
+        """The previous conditions when they are well formed; none otherwise (they are written anew)."""
+        found = self.status.get("conditions") if isinstance(self.status, Mapping) else None
+        try:
+            return [c.model_dump(by_alias=True) for c in _CONDITIONS.validate_python(found or [])]
+        except ValidationError:
+            return []
+
+
+_CONDITIONS = TypeAdapter(list[Condition])
 
 
 @dataclass(frozen=True)
@@ -93,37 +120,73 @@ class Result:
     retry: bool = False
     # Events about what the reconcile did (scaling, spilling), besides a failure's.
     notes: tuple[Note, ...] = ()
+    # The live status could not be read: `status` replaces it whole rather than being merged into it.
+    replace_status: bool = False
 
 
-def parse_miner(resource: Resource) -> QuasarMinerSpec | Failure:
+SpecT = TypeVar("SpecT", bound=BaseModel)
+StatusT = TypeVar("StatusT", bound=BaseModel)
+
+
+def _parse(
+    resource: Resource,
+    now: str,
+    models: tuple[type[SpecT], type[StatusT]],
+    check_names: Callable[[str, SpecT], object],
+) -> tuple[SpecT, StatusT] | Result:
+    """The spec and the previous status, or the Result that says which field is wrong.
+
+    A bad spec waits for the user's next generation. A bad status is the operator's own to fix: it is
+    reported once and written anew, and the retry reconciles from the fresh one.
+    """
+    spec_model, status_model = models
     try:
-        spec = QuasarMinerSpec.model_validate(resource.spec)
-        miner_names(resource.name, spec)  # every object name, checked before anything is applied
+        spec = spec_model.model_validate(resource.spec)
+        check_names(resource.name, spec)  # every object name, checked before anything is applied
     except ValidationError as exc:
-        return Failure(INVALID_SPEC, "spec." + error_summary(exc).replace("; ", "; spec."))
+        return _failed(resource, Failure(INVALID_SPEC, error_summary(exc, "spec")), now, retry=False)
     except BuildError as exc:
-        return Failure(INVALID_SPEC, str(exc))
-    return spec
-
-
-def parse_validator(resource: Resource) -> QuasarValidatorSpec | Failure:
+        return _failed(resource, Failure(INVALID_SPEC, str(exc)), now, retry=False)
     try:
-        spec = QuasarValidatorSpec.model_validate(resource.spec)
-        validator_name(resource.name)
+        status = status_model.model_validate({} if resource.status is None else resource.status)
     except ValidationError as exc:
-        return Failure(INVALID_SPEC, "spec." + error_summary(exc).replace("; ", "; spec."))
-    except BuildError as exc:
-        return Failure(INVALID_SPEC, str(exc))
-    return spec
+        message = f"{error_summary(exc, 'status')} (the operator writes its status anew)"
+        failed = _failed(resource, Failure(INVALID_STATUS, message), now, retry=True)
+        return replace(failed, replace_status=True)
+    return spec, status
+
+
+def parse_miner(resource: Resource, now: str) -> tuple[QuasarMinerSpec, MinerStatus] | Result:
+    return _parse(resource, now, (QuasarMinerSpec, MinerStatus), miner_names)
+
+
+def parse_validator(resource: Resource, now: str) -> tuple[QuasarValidatorSpec, ValidatorStatus] | Result:
+    return _parse(resource, now, (QuasarValidatorSpec, ValidatorStatus), lambda name, _: validator_name(name))
 
 
 async def check_wallet(api: Api, resource: Resource, wallet: WalletSpec) -> Failure | None:
-    # Without it the pods would sit in ContainerCreating with the cause visible only on the pod's events.
-    if await api.get(object_path("Secret", resource.namespace, wallet.secret_name)) is None:
+    """The wallet Secret exists, has the keys the pods mount and no coldkey private key.
+
+    Without it the pods would sit in ContainerCreating with the cause visible only on the pod's events.
+    Only its metadata is read (`wallet.py`): the key names, never the keys.
+    """
+    secret = f"spec.wallet.secretName: Secret {resource.namespace}/{wallet.secret_name}"
+    metadata = await api.get_metadata(object_path("Secret", resource.namespace, wallet.secret_name))
+    if metadata is None:
+        return Failure(SECRET_MISSING, f"{secret} does not exist")
+    keys = data_keys(metadata)
+    if keys is None:
+        return None  # its keys are unknown; the pods mount only the two they need, whatever else it holds
+    private = coldkeys(keys)
+    if private:
         return Failure(
-            SECRET_MISSING,
-            f"spec.wallet.secretName: Secret {resource.namespace}/{wallet.secret_name} does not exist",
+            SECRET_HAS_COLDKEY,
+            f"{secret} holds a coldkey private key under {', '.join(private)}: remove it from the Secret "
+            f"(a neuron needs only {' and '.join(NEEDED_KEYS)}; keep the coldkey off the cluster)",
         )
+    missing = [key for key in NEEDED_KEYS if key not in keys]
+    if missing:
+        return Failure(SECRET_INCOMPLETE, f"{secret} has no key {', '.join(missing)}, which the pods mount")
     return None
 
 
@@ -133,20 +196,26 @@ def _failed(resource: Resource, failure: Failure, now: str, *, retry: bool) -> R
 
 
 async def reconcile_miner(api: Api, resource: Resource, now: str, scaling: ScalingState) -> Result:
-    spec = parse_miner(resource)
-    if isinstance(spec, Failure):
-        return _failed(resource, spec, now, retry=False)
+    parsed = parse_miner(resource, now)
+    if isinstance(parsed, Result):
+        return parsed
+    spec, previous = parsed
     try:
-        missing = await check_wallet(api, resource, spec.wallet)
-        if missing is not None:
-            return _failed(resource, missing, now, retry=True)
-        return await _apply_miner(api, resource, spec, now, scaling)
+        refused = await check_wallet(api, resource, spec.wallet)
+        if refused is not None:
+            return _failed(resource, refused, now, retry=True)
+        return await _apply_miner(api, resource, spec, previous, now, scaling)
     except ApiError as exc:
         return _failed(resource, Failure(API_ERROR, str(exc)), now, retry=True)
 
 
 async def _apply_miner(
-    api: Api, resource: Resource, spec: QuasarMinerSpec, now: str, scaling: ScalingState
+    api: Api,
+    resource: Resource,
+    spec: QuasarMinerSpec,
+    previous: MinerStatus,
+    now: str,
+    scaling: ScalingState,
 ) -> Result:
     name, namespace, uid = resource.name, resource.namespace, resource.uid
     claim = miner_cache_claim(name, namespace, uid, spec)
@@ -165,7 +234,6 @@ async def _apply_miner(
         )
         return Result({**status, **extra, "endpoint": None})
     owner = Owner(KIND, name, namespace, uid)
-    previous = previous_status(resource.status)
     clock = scaling.clock()
     pods = await miner_pods(api, scaling, owner, spec)
     desired, scale_status, notes = await desired_replicas(scaling, owner, spec, pods, previous, clock)
@@ -198,13 +266,14 @@ async def _apply_miner(
 
 
 async def reconcile_validator(api: Api, resource: Resource, now: str, scaling: ScalingState) -> Result:
-    spec = parse_validator(resource)
-    if isinstance(spec, Failure):
-        return _failed(resource, spec, now, retry=False)
+    parsed = parse_validator(resource, now)
+    if isinstance(parsed, Result):
+        return parsed
+    spec = parsed[0]
     try:
-        missing = await check_wallet(api, resource, spec.wallet)
-        if missing is not None:
-            return _failed(resource, missing, now, retry=True)
+        refused = await check_wallet(api, resource, spec.wallet)
+        if refused is not None:
+            return _failed(resource, refused, now, retry=True)
         name, namespace, uid = resource.name, resource.namespace, resource.uid
         # The headless Service first: the StatefulSet names it as its serviceName.
         await api.apply(validator_service(name, namespace, uid, spec))

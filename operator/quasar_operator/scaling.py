@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from pydantic import ValidationError
-
 from quasar_operator import autoscaler, capacity, placement
 from quasar_operator.apply import matches, object_path
 from quasar_operator.builders.common import Owner, selector_labels
@@ -62,13 +60,6 @@ class Scaled:
     applied: list[Obj]  # the Deployments as the API server returned them
     desired: int
     notes: list[Note]
-
-
-def previous_status(status: Mapping[str, Any]) -> MinerStatus:
-    try:
-        return MinerStatus.model_validate(status)
-    except ValidationError:
-        return MinerStatus.model_validate({})  # a status this operator cannot read is recomputed, not trusted
 
 
 async def miner_pods(api: Api, state: ScalingState, owner: Owner, spec: QuasarMinerSpec) -> list[Obj]:

@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,14 +17,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx2
+import huggingface_hub.constants
 import pytest
-from huggingface_hub import AsyncInferenceClient
+from huggingface_hub import AsyncInferenceClient, InferenceClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from evaluation.dev_engine.server import RunningEngineServer, main, start_engine_server
 from evaluation.engines import EngineError, EngineInfo, Generation, make_engine
 from evaluation.local_model import ensure_local_model
+from quasar_cli import main as quasar_main
 
 T = TypeVar("T")
 MAX_INPUT_TOKENS = 3000
@@ -404,9 +407,10 @@ def test_hostile_bodies_to_the_stream_get_a_4xx_or_an_error_event(server: Hosted
 
 
 @pytest.fixture(scope="module")
-def small_server(local_model: Path) -> Iterator[HostedServer]:
-    """A server whose context is 48 tokens, so a random body that happens to be valid generates quickly."""
-    hosted = HostedServer(local_model, max_input_tokens=40, max_total_tokens=48)
+def small_server(chat_model: Path) -> Iterator[HostedServer]:
+    """A server whose context is 48 tokens, so a random body that happens to be valid generates quickly;
+    its model has a chat template, so random chats reach the model too."""
+    hosted = HostedServer(chat_model, max_input_tokens=40, max_total_tokens=48)
     yield hosted
     hosted.close()
 
@@ -414,7 +418,10 @@ def small_server(local_model: Path) -> Iterator[HostedServer]:
 # Any character, lone surrogates included (JSON's \u escapes can spell them).
 _TEXT = st.text(st.characters(exclude_categories=()), max_size=12)
 _FIELDS = st.sampled_from(
-    ["inputs", "parameters", "stream", "max_new_tokens", "truncate", "details", "stop", "temperature"]
+    [
+        *("inputs", "parameters", "stream", "max_new_tokens", "truncate", "details", "stop", "temperature"),
+        *("prompt", "messages", "role", "content", "max_tokens", "stream_options", "include_usage", "n"),
+    ]
 )
 _JSON = st.recursive(
     st.none()
@@ -432,8 +439,11 @@ _BODIES = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(path=st.sampled_from(["/generate", "/", "/generate_stream"]), raw=_BODIES)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    path=st.sampled_from(["/generate", "/", "/generate_stream", "/v1/completions", "/v1/chat/completions"]),
+    raw=_BODIES,
+)
 def test_no_body_gets_a_5xx(small_server: HostedServer, path: str, raw: bytes) -> None:
     answer = httpx2.post(small_server.url + path, content=raw, timeout=30)
     assert answer.status_code < 500, answer.text
@@ -467,3 +477,231 @@ def _sent_until_refused(client: socket.socket, most: int) -> bool:
     except OSError:
         return True
     return False
+
+
+# --- the OpenAI API
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+CHAT_MAX_TOTAL_TOKENS = 40_000  # room for `quasar eval run`'s 32k bucket
+
+
+@pytest.fixture(scope="module")
+def chat_model(local_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as an instruct model: the same weights, a chat template in its tokenizer config."""
+    folder = tmp_path_factory.mktemp("chat-model") / "model"
+    shutil.copytree(local_model, folder)
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps(config | {"chat_template": CHAT_TEMPLATE}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def chat_server(chat_model: Path) -> Iterator[HostedServer]:
+    hosted = HostedServer(
+        chat_model, max_input_tokens=CHAT_MAX_TOTAL_TOKENS - 1, max_total_tokens=CHAT_MAX_TOTAL_TOKENS
+    )
+    yield hosted
+    hosted.close()
+
+
+def _post(server: HostedServer, path: str, body: dict[str, Any]) -> Any:
+    answer = httpx2.post(server.url + path, json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def _sse(server: HostedServer, path: str, body: dict[str, Any]) -> list[Any]:
+    """The events of a stream, which must end with `data: [DONE]`."""
+    answer = httpx2.post(server.url + path, json=body | {"stream": True}, timeout=60)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    events = [line.removeprefix("data: ") for line in answer.text.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    return [json.loads(event) for event in events[:-1]]
+
+
+def test_models_lists_the_model_with_its_context_as_vllm_does(
+    server: HostedServer, local_model: Path
+) -> None:
+    listing = httpx2.get(server.url + "/v1/models", timeout=30).json()
+    assert listing["object"] == "list"
+    assert [(card["id"], card["max_model_len"]) for card in listing["data"]] == [
+        (str(local_model), MAX_TOTAL_TOKENS)
+    ]
+    # The project's own OpenAI client learns the model and its limit from it.
+    engine = make_engine("openai", server.url, None, 30.0)
+    assert asyncio.run(_info_and_close(engine)) == EngineInfo(str(local_model), None, MAX_TOTAL_TOKENS)
+
+
+async def _info_and_close(engine: Any) -> EngineInfo:
+    try:
+        info: EngineInfo = await engine.info()
+        return info
+    finally:
+        await engine.aclose()
+
+
+def test_a_completion_is_the_tgi_generation(server: HostedServer) -> None:
+    tgi = httpx2.post(
+        server.url + "/generate", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 8}}, timeout=30
+    )
+    completion = _post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 8})
+    assert completion["object"] == "text_completion"
+    assert completion["id"].startswith("cmpl-")
+    [choice] = completion["choices"]
+    assert choice["text"] == tgi.json()["generated_text"]  # the same greedy path
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = completion["usage"]
+    assert usage["prompt_tokens"] == int(tgi.headers["x-prompt-tokens"])
+    assert usage["completion_tokens"] == int(tgi.headers["x-generated-tokens"])
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert (completion["decoding"], completion["ignored_parameters"]) == ("greedy", [])
+
+
+def test_a_streamed_completion_adds_up_to_the_whole_one(server: HostedServer) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 8, "stream_options": {"include_usage": True}}
+    whole = _post(server, "/v1/completions", body)
+    chunks = _sse(server, "/v1/completions", body)
+    *texts, usage = chunks
+    assert "".join(chunk["choices"][0]["text"] for chunk in texts) == whole["choices"][0]["text"]
+    assert texts[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+    assert all(chunk["choices"][0]["finish_reason"] is None for chunk in texts[:-1])
+    assert (usage["choices"], usage["usage"]) == ([], whole["usage"])
+
+
+def test_stop_sequences_end_the_text_before_them_streamed_or_not(server: HostedServer) -> None:
+    prompt = "The history of the river"  # the tiny model goes on " river river ... any any"
+    unstopped = _post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 12})["choices"][0]["text"]
+    stop = unstopped.split()[-1]  # the last word, first seen after the start
+    body = {"prompt": prompt, "max_tokens": 12, "stop": ["never in the text", stop]}
+    stopped = _post(server, "/v1/completions", body)["choices"][0]
+    assert stopped["text"] == unstopped[: unstopped.index(stop)]
+    assert stopped["text"]
+    assert (stopped["finish_reason"], stopped["stop_reason"]) == ("stop", stop)
+    streamed = "".join(chunk["choices"][0]["text"] for chunk in _sse(server, "/v1/completions", body))
+    assert streamed == stopped["text"]
+
+
+def test_sampling_parameters_are_accepted_and_said_to_be_ignored(server: HostedServer) -> None:
+    greedy = _post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 6})
+    sampled = _post(
+        server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 6, "temperature": 0.7, "top_p": 1.0}
+    )
+    assert sampled["choices"][0]["text"] == greedy["choices"][0]["text"]
+    assert (sampled["decoding"], sampled["ignored_parameters"]) == ("greedy", ["temperature"])
+
+
+def test_chat_on_a_base_model_points_to_completions(server: HostedServer) -> None:
+    answer = httpx2.post(
+        server.url + "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == ("BadRequestError", "messages", 400)
+    assert "no chat template" in error["message"]
+    assert "/v1/completions" in error["message"]
+
+
+OPENAI_MISTAKES: list[tuple[str, dict[str, Any], str]] = [
+    # (path, body, the param the error names)
+    ("/v1/completions", {"prompt": 5}, "prompt"),
+    ("/v1/completions", {"prompt": ""}, "prompt"),
+    ("/v1/completions", {"prompt": ["a", "b"]}, "prompt"),
+    ("/v1/completions", {"prompt": PROMPT, "max_tokens": 0}, "max_tokens"),
+    ("/v1/completions", {"prompt": PROMPT, "max_tokens": MAX_TOTAL_TOKENS}, "max_tokens"),
+    ("/v1/completions", {"prompt": "the" + " the" * MAX_INPUT_TOKENS}, "input_tokens"),
+    ("/v1/completions", {"prompt": PROMPT, "temperature": 5}, "temperature"),
+    ("/v1/completions", {"prompt": PROMPT, "temperature": "hot"}, "temperature"),
+    ("/v1/completions", {"prompt": PROMPT, "stop": [""]}, "stop"),
+    ("/v1/completions", {"prompt": PROMPT, "stop": 3}, "stop"),
+    ("/v1/completions", {"prompt": PROMPT, "stream": "yes"}, "stream"),
+    ("/v1/completions", {"prompt": PROMPT, "stream_options": []}, "stream_options"),
+    ("/v1/completions", {"prompt": PROMPT, "n": 2}, "n"),
+    ("/v1/completions", {"prompt": PROMPT, "logprobs": 3}, "logprobs"),
+    ("/v1/chat/completions", {"messages": []}, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "king", "content": "x"}]}, "messages[0].role"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+        "messages[0].content",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "param"), OPENAI_MISTAKES)
+def test_openai_mistakes_get_a_400_in_openais_shape_naming_the_param(
+    request: pytest.FixtureRequest, path: str, body: dict[str, Any], param: str
+) -> None:
+    # The chat mistakes go to the model with a template, so the message checks are what refuses them.
+    hosted: HostedServer = request.getfixturevalue("chat_server" if "chat" in path else "server")
+    answer = httpx2.post(hosted.url + path, json=body, timeout=30)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["param"], error["code"]) == ("BadRequestError", param, 400)
+
+
+@pytest.mark.parametrize(("raw", "status", "named"), HOSTILE_BODIES[:10])
+def test_hostile_bodies_to_the_openai_api_get_a_400_naming_the_field(
+    server: HostedServer, raw: bytes, status: int, named: str
+) -> None:
+    answer = httpx2.post(server.url + "/v1/completions", content=raw, timeout=30)
+    assert answer.status_code == 400
+    assert named in answer.json()["error"]["message"]
+
+
+def test_huggingface_hubs_clients_chat_with_it_unchanged(
+    chat_server: HostedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The suite runs with HF_HUB_OFFLINE, which makes the library's own session refuse every request;
+    # a user's environment does not, and the clients are used here as a user would use them.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]
+    whole = InferenceClient(base_url=chat_server.url).chat_completion(messages, max_tokens=8, temperature=0)
+    answer = whole.choices[0].message.content
+    assert whole.choices[0].message.role == "assistant"
+    assert whole.usage.completion_tokens >= 1
+
+    async def streamed() -> str:
+        client = AsyncInferenceClient(base_url=chat_server.url)
+        chunks = await client.chat_completion(messages, max_tokens=8, temperature=0, stream=True)
+        return "".join([chunk.choices[0].delta.content or "" async for chunk in chunks if chunk.choices])
+
+    assert asyncio.run(streamed()) == answer
+    # The project's own OpenAI client (eval run's --engine openai) gets the same answer.
+    engine = make_engine("openai", chat_server.url, None, 60.0)
+    prompt_only = [{"role": "user", "content": PROMPT}]
+    direct = InferenceClient(base_url=chat_server.url).chat_completion(prompt_only, max_tokens=8)
+    generation: Generation = asyncio.run(_generate_and_close(engine, PROMPT, 8))
+    assert generation.text == direct.choices[0].message.content
+
+
+async def _generate_and_close(engine: Any, prompt: str, max_new_tokens: int) -> Generation:
+    try:
+        generation: Generation = await engine.generate(prompt, max_new_tokens)
+        return generation
+    finally:
+        await engine.aclose()
+
+
+def test_eval_run_with_the_openai_engine_works_against_it(chat_server: HostedServer, tmp_path: Path) -> None:
+    output = tmp_path / "out.json"
+    args = ["eval", "run", "--engine", "openai", "--endpoint", chat_server.url, "--tasks", "niah_single"]
+    assert quasar_main([*args, "--samples", "1", "--output", str(output)]) == 0
+    [result] = json.loads(output.read_text())["results"]
+    assert isinstance(result["prediction"], str)
+    assert not result.get("error")
+
+
+def test_serve_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"], "quasar engine")
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for default in ("(default: tiny)", "(default: 127.0.0.1)", "(default: 8080)", "(default: 90.0)"):
+        assert default in shown

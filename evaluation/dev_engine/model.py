@@ -76,6 +76,7 @@ class _TokenRecorder:
         self._logprobs: Any = None  # the last step's log-softmax row
         self.ids: list[int] = []
         self.tokens: list[Token] = []
+        self.text = ""  # the text of the tokens so far, special tokens left out
         # TGI's incremental detokenisation: text is released once the bytes decode to whole characters.
         self._prefix_offset = 0
         self._read_offset = 0
@@ -95,6 +96,8 @@ class _TokenRecorder:
             logprob = float(self._logprobs[token_id])
             token = Token(token_id, self._next_text(), logprob, token_id in self._special_ids)
             self.tokens.append(token)
+            if not token.special:
+                self.text += token.text
             self._on_token(token)
 
     def end(self) -> None:  # BaseStreamer
@@ -110,18 +113,23 @@ class _TokenRecorder:
         return ""
 
 
-class _Cancelled:
-    """Stopping criterion: ends decoding once the request is abandoned (client gone, server stopping)."""
+class _StopWhen:
+    """Stopping criterion: ends decoding once the request is abandoned (client gone, server stopping) or the
+    generated text (not the prompt: vLLM's rule) contains one of the stop sequences."""
 
-    def __init__(self, cancel: threading.Event) -> None:
+    def __init__(self, cancel: threading.Event, recorder: _TokenRecorder, stop: tuple[str, ...]) -> None:
         self._cancel = cancel
+        self._recorder = recorder
+        self._stop = stop
+        # Only the end of the text is searched: a token adds a few characters, never hundreds.
+        self._window = max((len(sequence) for sequence in stop), default=0) + 256
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        return torch.full(
-            (input_ids.shape[0],), self._cancel.is_set(), dtype=torch.bool, device=input_ids.device
-        )
+        text = self._recorder.text[-self._window :]
+        done = self._cancel.is_set() or any(sequence in text for sequence in self._stop)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
 class Generator:
@@ -161,8 +169,6 @@ class Generator:
 
         recorder = _TokenRecorder(self._tokenizer, self._special_ids, on_token)
         input_ids = torch.tensor([job.ids], dtype=torch.long, device=self._model.device)
-        # transformers' stop-string criterion matches across token boundaries; it needs the tokenizer.
-        stop_strings = {"stop_strings": list(job.stop), "tokenizer": self._tokenizer} if job.stop else {}
         with torch.inference_mode():
             self._model.generate(
                 input_ids,
@@ -171,9 +177,8 @@ class Generator:
                 do_sample=False,
                 pad_token_id=self._tokenizer.pad_token_id or self._eos_id,
                 logits_processor=LogitsProcessorList([recorder]),
-                stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+                stopping_criteria=StoppingCriteriaList([_StopWhen(cancel, recorder, job.stop)]),
                 streamer=recorder,
-                **stop_strings,
             )
         text = self._tokenizer.decode(recorder.ids, skip_special_tokens=True)
         cut = cut_at_stop(text, job.stop)

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from evaluation.dev_engine import model
 from evaluation.dev_engine.model import Generator, ServedModel
+from evaluation.dev_engine.openai_api import OpenAIRoutes
 from evaluation.dev_engine.tgi import TGIRoutes
 from evaluation.engines import EngineError, load_local_model
 from evaluation.http_guard import GuardedSite, GuardLimits, serve_guarded
@@ -79,6 +80,7 @@ async def start_engine_server(
     # The payload limit is enforced by each API with its own message; this only bounds memory.
     app = web.Application(client_max_size=payload_limit)
     TGIRoutes(served, payload_limit).add_to(app)
+    OpenAIRoutes(served, payload_limit).add_to(app)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family)
     # handler_cancellation: a client that hangs up cancels its handler, which stops its generation.
@@ -98,26 +100,40 @@ def _url_host(host: str) -> str:
 
 
 def main(argv: Sequence[str], prog: str) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description="A local inference engine speaking TGI's API.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve a model over TGI's HTTP API until interrupted")
-    serve.add_argument(
-        "--model", default=TINY_MODEL, help="a model folder or Hub id (default: the tiny model)"
+    parser = argparse.ArgumentParser(
+        prog=prog, description="A local inference engine speaking TGI's and OpenAI's HTTP APIs."
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--max-input-tokens", type=_positive, help="default: max total tokens - 1")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model over TGI's and OpenAI's HTTP APIs until interrupted",
+    )
+    serve.add_argument(
+        "--model",
+        default=TINY_MODEL,
+        help="a model folder, a Hub id, or tiny, the built-in model (default: %(default)s)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    serve.add_argument(
+        "--max-input-tokens", type=_positive, help="prompt tokens at most (unset: max total tokens - 1)"
+    )
     serve.add_argument(
         "--max-total-tokens",
         type=_positive,
-        help=f"default: the model's context ({LOCAL_MAX_TOTAL_TOKENS} for tiny)",
+        help=f"prompt + new tokens at most (unset: the model's context, {LOCAL_MAX_TOTAL_TOKENS} for tiny)",
     )
-    serve.add_argument("--payload-limit", type=_positive, default=DEFAULT_PAYLOAD_LIMIT, help="bytes")
+    serve.add_argument(
+        "--payload-limit",
+        type=_positive,
+        default=DEFAULT_PAYLOAD_LIMIT,
+        help="request body bytes at most (default: %(default)s, 64 MiB)",
+    )
     serve.add_argument(
         "--graceful-termination-timeout",
         type=float,
         default=90.0,
-        help="seconds running requests get on exit",
+        help="seconds running requests get on exit (default: %(default)s)",
     )
     args = parser.parse_args(list(argv))
     # INFO also turns on aiohttp's access log: one line per request.

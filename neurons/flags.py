@@ -5,10 +5,17 @@ import argparse
 
 def add_wallet_and_chain_arguments(parser: argparse.ArgumentParser, *, netuid_required: bool) -> None:
     wallet = parser.add_argument_group("wallet")
-    wallet.add_argument("--wallet.name", dest="wallet_name", default="default", help="coldkey wallet name")
-    wallet.add_argument("--wallet.hotkey", dest="wallet_hotkey", default="default", help="hotkey name")
     wallet.add_argument(
-        "--wallet.path", dest="wallet_path", default="~/.bittensor/wallets", help="wallets folder"
+        "--wallet.name", dest="wallet_name", default="default", help="coldkey wallet name (default: default)"
+    )
+    wallet.add_argument(
+        "--wallet.hotkey", dest="wallet_hotkey", default="default", help="hotkey name (default: default)"
+    )
+    wallet.add_argument(
+        "--wallet.path",
+        dest="wallet_path",
+        default="~/.bittensor/wallets",
+        help="wallets folder (default: ~/.bittensor/wallets)",
     )
     chain = parser.add_argument_group("chain")
     chain.add_argument(

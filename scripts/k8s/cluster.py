@@ -10,6 +10,7 @@ into the cluster only through egress_guard.py, which refuses anything else.
 """
 
 import argparse
+import atexit
 import contextlib
 import ctypes
 import json
@@ -32,7 +33,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 SERVICE_CIDR = "127.0.100.0/24"  # the `kubernetes` Service gets 127.0.100.1
 CLUSTER_CIDR = "127.64.0.0/16"  # nodes' spec.podCIDR (the fake runtime gives every pod 192.168.192.168)
-NODE_ADDRESSES = "127.0.1.{}"  # hollow node n listens on and reports 127.0.1.(n+1)
+NODE_ADDRESSES = "127.0.1.{}"  # hollow node n (from 1) is named 127.0.1.n, its address
 POOL_LABEL = "quasar.ai/pool"
 GPU = "nvidia.com/gpu"
 START_TIMEOUT = 120.0  # seconds; a warm start takes well under 30 on two busy cores
@@ -324,7 +325,9 @@ def _egress_config(workdir: Path, socket_path: Path) -> Path:
 
 
 def node_names(pools: tuple[Pool, ...] = POOLS) -> list[tuple[str, Pool]]:
-    return [(f"{pool.name}-{i}", pool) for pool in pools for i in range(pool.nodes)]
+    """Each hollow node's name, which is its loopback address (hollownode/main.go says why), and pool."""
+    nodes = [pool for pool in pools for _ in range(pool.nodes)]
+    return [(NODE_ADDRESSES.format(index + 1), pool) for index, pool in enumerate(nodes)]
 
 
 def start(workdir: Path | None = None, pools: tuple[Pool, ...] = POOLS) -> Cluster:
@@ -345,6 +348,7 @@ def start(workdir: Path | None = None, pools: tuple[Pool, ...] = POOLS) -> Clust
         workdir / "egress-refusals.log",
         _owns_workdir=owns,
     )
+    atexit.register(cluster.stop)  # a caller that never calls stop() leaves nothing running either
     try:
         _start_all(cluster, bin_dir, api_port, pools, deadline)
     except BaseException:
@@ -466,14 +470,13 @@ def _start_all(
         ],
     )
     names = node_names(pools)
-    for index, (name, pool) in enumerate(names):
+    for name, pool in names:
         cluster.start(
             f"node-{name}",
             [
                 str(bin_dir / "hollow-node"),
                 f"--kubeconfig={kubeconfig(f'node-{name}', f'/O=system:nodes/CN=system:node:{name}')}",
                 f"--name={name}",
-                f"--node-ip={NODE_ADDRESSES.format(index + 1)}",
                 f"--port={free_port()}",
                 f"--labels={POOL_LABEL}={pool.name}",
             ],

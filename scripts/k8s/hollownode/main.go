@@ -1,28 +1,33 @@
 // Command hollow-node runs one kubemark hollow kubelet (k8s.io/kubernetes/pkg/kubemark: a real kubelet over a
 // fake container runtime) that stays on one loopback address.
 //
-// kubemark's own command (`kubemark --morph=kubelet`) cannot: its kubelet listens on 0.0.0.0, its health
-// server on the fixed 127.0.0.1:10248 (two nodes on one machine collide), and with no node IP to give it the
-// kubelet looks its node name up in DNS and falls back to the default route's interface, an address outside
-// 127.0.0.0/8 that the API server then dials for logs and exec. This command sets the node IP, binds the
-// kubelet to it, and turns the read-only and health ports off.
+// kubemark's own command (`kubemark --morph=kubelet`) cannot: its kubelet listens on 0.0.0.0 and its health
+// server on the fixed 127.0.0.1:10248 (two nodes on one machine collide). This command binds the kubelet to
+// its node's address and turns the read-only and health ports off.
+//
+// The node is named by its loopback address (--name 127.0.1.1): a kubelet refuses a loopback --node-ip, and a
+// node name that is no IP address is looked up in DNS, then replaced by the default route's interface
+// address, which the API server would dial for logs and exec. A name that is an IP address is used as the
+// node's InternalIP as it stands.
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	clientset "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/klog/v2"
 	remote "k8s.io/cri-client/pkg"
 	fakeremote "k8s.io/cri-client/pkg/fake"
+	"k8s.io/klog/v2"
 	cadvisortest "k8s.io/kubernetes/pkg/kubelet/cadvisor/testing"
 	"k8s.io/kubernetes/pkg/kubelet/cm"
 	"k8s.io/kubernetes/pkg/kubemark"
@@ -31,7 +36,6 @@ import (
 type options struct {
 	kubeconfig string
 	name       string
-	nodeIP     string
 	port       int
 	labels     string
 	maxPods    int
@@ -73,8 +77,11 @@ func run(ctx context.Context, opts options) error {
 		MaxPods:     opts.maxPods,
 		NodeLabels:  labels,
 	})
-	flags.NodeIP = opts.nodeIP
-	config.Address = opts.nodeIP
+	config.Address = opts.name
+	// Everything it writes stays in its own temp root dir, not in /var/lib/kubelet and the like, which every
+	// hollow node on the machine (another test run's too) would share.
+	flags.CertDirectory = filepath.Join(flags.RootDirectory, "pki")
+	config.VolumePluginDir = filepath.Join(flags.RootDirectory, "volume-plugins")
 	config.ReadOnlyPort = 0
 	config.HealthzPort = 0
 
@@ -114,15 +121,14 @@ func run(ctx context.Context, opts options) error {
 func main() {
 	var opts options
 	flag.StringVar(&opts.kubeconfig, "kubeconfig", "", "kubeconfig of the node's identity (system:node:NAME)")
-	flag.StringVar(&opts.name, "name", "", "node name")
-	flag.StringVar(&opts.nodeIP, "node-ip", "", "loopback address the kubelet listens on and reports")
+	flag.StringVar(&opts.name, "name", "", "node name: the loopback address it listens on and reports")
 	flag.IntVar(&opts.port, "port", 0, "kubelet port")
 	flag.StringVar(&opts.labels, "labels", "", "node labels, key=value,...")
 	flag.IntVar(&opts.maxPods, "max-pods", 110, "pods the node accepts")
 	klog.InitFlags(nil)
 	flag.Parse()
-	if opts.kubeconfig == "" || opts.name == "" || opts.nodeIP == "" || opts.port == 0 {
-		fmt.Fprintln(os.Stderr, "hollow-node: --kubeconfig, --name, --node-ip and --port are required")
+	if ip := net.ParseIP(opts.name); ip == nil || !ip.IsLoopback() || opts.kubeconfig == "" || opts.port == 0 {
+		fmt.Fprintln(os.Stderr, "hollow-node: --kubeconfig, --port and --name (a loopback address) are required")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

@@ -2,8 +2,10 @@
 
 - "tgi": HuggingFace text-generation-inference, through `huggingface_hub.AsyncInferenceClient` (TGI's
   maintained client): `/generate` with `details=True`, which reports the generated token count.
-- "openai": an OpenAI-compatible server (vLLM, SGLang, TGI's Messages API) through the same client's
-  `chat_completion`, which reports prompt and completion token counts.
+- "vllm", "sglang": their OpenAI-compatible API, `/v1/chat/completions` (the server applies the model's
+  chat template: instruct models) or `/v1/completions` (the prompt as it is: base models), which report
+  prompt and completion token counts; the context length from `/v1/models`' `max_model_len`, readiness
+  from vLLM's `/health`. "openai": any other OpenAI-compatible server, the same requests.
 - "local": a transformers model run in-process (the built-in tiny model by default), on CUDA when
   available, for smoke runs without any server.
 
@@ -13,6 +15,7 @@ Decoding is greedy everywhere. Every failure surfaces as an EngineError whose me
 
 import asyncio
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +30,10 @@ if TYPE_CHECKING:
     import httpx2
     from huggingface_hub import AsyncInferenceClient
 
-EngineKind = Literal["tgi", "openai", "local"]
+EngineKind = Literal["tgi", "vllm", "sglang", "openai", "local"]
+ENGINE_KINDS: tuple[EngineKind, ...] = ("tgi", "vllm", "sglang", "openai", "local")
+# How an OpenAI-compatible engine is asked: chat (the server applies the chat template) or plain completions.
+EngineApi = Literal["chat", "completions"]
 
 # Engine endpoints are not the Hugging Face Hub: the user's Hub token must not travel to them. A key for an
 # endpoint that wants one (vLLM --api-key) comes from this variable instead.
@@ -82,10 +88,13 @@ class Engine(Protocol):
     async def aclose(self) -> None: ...
 
 
-def make_engine(kind: EngineKind, endpoint: str | None, model: str | None, timeout_s: float) -> Engine:
-    """An engine client. `endpoint` is the server's base URL (tgi, openai); `model` is the model name sent to
-    an OpenAI-compatible server (default: the first it serves), or the model the local engine runs (a
-    folder or Hub id; default: the built-in tiny model). `timeout_s` bounds each request."""
+def make_engine(
+    kind: EngineKind, endpoint: str | None, model: str | None, timeout_s: float, api: EngineApi = "chat"
+) -> Engine:
+    """An engine client. `endpoint` is the server's base URL (all but local); `model` is the model name sent
+    to an OpenAI-compatible server (default: the first it serves), or the model the local engine runs (a
+    folder or Hub id; default: the built-in tiny model). `timeout_s` bounds each request; `api` picks the
+    OpenAI-compatible endpoint (chat or completions)."""
     if timeout_s <= 0:
         raise InputError("timeout", f"must be positive, got {timeout_s}")
     if kind == "local":
@@ -96,9 +105,11 @@ def make_engine(kind: EngineKind, endpoint: str | None, model: str | None, timeo
         raise InputError("endpoint", f"the {kind} engine needs an http(s):// base URL, got {endpoint!r}")
     if kind == "tgi":
         return TGIEngine(endpoint, timeout_s)
-    if kind == "openai":
-        return OpenAIEngine(endpoint, model, timeout_s)
-    raise InputError("engine", f"unknown engine kind {kind!r}; choose from tgi, openai, local")
+    if kind in DIALECTS:
+        if api not in ("chat", "completions"):
+            raise InputError("api", f"unknown API {api!r}; choose from chat, completions")
+        return OpenAIEngine(DIALECTS[kind], endpoint, model, api, timeout_s)
+    raise InputError("engine", f"unknown engine kind {kind!r}; choose from {', '.join(ENGINE_KINDS)}")
 
 
 class _HTTPEngine:
@@ -132,8 +143,9 @@ class _HTTPEngine:
             await self._session.aclose()
             self._session = None
 
-    async def _get_json(self, path: str, missing_ok: bool = False) -> Any:
-        """GET a JSON document from the engine, bounded by the timeout; None for a 404 if `missing_ok`."""
+    async def _get_json(self, path: str, missing_ok: bool = False, expect_json: bool = True) -> Any:
+        """GET a JSON document from the engine, bounded by the timeout; None for a 404 if `missing_ok`, or
+        for any success if not `expect_json` (a health endpoint: its status is the answer)."""
         await self._open()
         assert self._session is not None
         with self._errors():
@@ -144,6 +156,8 @@ class _HTTPEngine:
             raise EngineError(
                 f"{self.name}: GET {path}: {_status_problem(response)}", "http", response.status_code
             )
+        if not expect_json:
+            return None
         try:
             return response.json()
         except ValueError:
@@ -192,15 +206,25 @@ def _status_problem(response: "httpx2.Response") -> str:
     except Exception:  # a streamed body that was never read: the status alone must do
         body = ""
     try:
-        message = response.json().get("error") or body
+        message = _error_message(response.json()) or body
     except ValueError:
-        message = body
-    except AttributeError:  # JSON, but not an object
         message = body
     message = " ".join(str(message).split())
     if len(message) > _BODY_EXCERPT_CHARS:
         message = message[:_BODY_EXCERPT_CHARS] + "…"
     return f"HTTP {response.status_code}: {message or response.reason_phrase}"
+
+
+def _error_message(payload: Any) -> str | None:
+    """The message in an engine's JSON error: TGI's `{"error": "..."}`, vLLM's and OpenAI's
+    `{"error": {"message": ...}}`, SGLang's `{"object": "error", "message": ...}`."""
+    if not isinstance(payload, dict):
+        return None
+    error = payload.get("error")
+    if isinstance(error, dict):
+        error = error.get("message")
+    message = error if isinstance(error, str) else payload.get("message")
+    return message if isinstance(message, str) else None
 
 
 class TGIEngine(_HTTPEngine):
@@ -230,37 +254,85 @@ class TGIEngine(_HTTPEngine):
         )
 
 
+@dataclass(frozen=True)
+class OpenAIDialect:
+    """What differs between OpenAI-compatible servers: the health endpoint the engine answers cheaply, and
+    how its context length (`max_model_len` on /v1/models) bounds a request."""
+
+    kind: str
+    health_path: str | None  # None: the server has none worth asking every few seconds
+    listing_required: bool  # False: a server without /v1/models is taken on trust (the model must be named)
+    # (max_input_tokens, max_total_tokens) for a context length: each server draws the line differently.
+    limits: Callable[[int], tuple[int | None, int | None]]
+
+
+DIALECTS = {
+    # vLLM refuses a prompt of max_model_len tokens or more, and prompt + max_tokens over max_model_len
+    # (vllm/entrypoints/openai/engine/serving.py). GET /health is 200 while the engine core is alive.
+    "vllm": OpenAIDialect("vllm", "/health", True, lambda length: (length - 1, length)),
+    # SGLang refuses a prompt of context_len tokens or more, and prompt + max_new_tokens of context_len or
+    # more (python/sglang/srt/managers/tokenizer_manager.py). Its /health runs a one-token generation, too
+    # costly to ask every few seconds; /v1/models answers only once the model is loaded.
+    "sglang": OpenAIDialect("sglang", None, True, lambda length: (length - 1, length - 1)),
+    # Any other OpenAI-compatible server: max_model_len where it says one, vLLM's meaning assumed.
+    "openai": OpenAIDialect("openai", None, False, lambda length: (None, length)),
+}
+
+
 class OpenAIEngine(_HTTPEngine):
-    def __init__(self, endpoint: str, model: str | None, timeout_s: float) -> None:
-        super().__init__(f"openai {endpoint.rstrip('/')}", endpoint, timeout_s)
+    """vLLM, SGLang or another OpenAI-compatible server: `/v1/completions` (the prompt as it is) or
+    `/v1/chat/completions` (one user message; the server applies the model's chat template)."""
+
+    def __init__(
+        self, dialect: OpenAIDialect, endpoint: str, model: str | None, api: EngineApi, timeout_s: float
+    ) -> None:
+        super().__init__(f"{dialect.kind} {endpoint.rstrip('/')}", endpoint, timeout_s)
+        self._dialect = dialect
         self._model = model
+        self._api = api
+        # The endpoint may be given with or without the /v1 suffix.
+        self._v1 = "" if self._endpoint.endswith("/v1") else "/v1"
 
     async def generate(self, prompt: str, max_new_tokens: int) -> Generation:
         model = self._model or (await self.info()).model_id
-        client = await self._open()
+        body: dict[str, Any] = {"model": model, "max_tokens": max_new_tokens, "temperature": 0.0}
+        if self._api == "chat":
+            path, body["messages"] = "/chat/completions", [{"role": "user", "content": prompt}]
+        else:
+            path, body["prompt"] = "/completions", prompt
         start = time.perf_counter()
-        with self._errors():
-            output = await client.chat_completion(
-                messages=[{"role": "user", "content": prompt}],
-                model=model,
-                max_tokens=max_new_tokens,
-                temperature=0.0,
-            )
+        answer = await self._post_json(self._v1 + path, body)
         latency = time.perf_counter() - start
-        if not output.choices:
-            raise EngineError(f"{self.name}: the answer has no choices")
-        usage = output.usage
-        return Generation(
-            output.choices[0].message.content or "",
-            usage.prompt_tokens if usage else None,
-            usage.completion_tokens if usage else None,
-            latency,
-        )
+        try:
+            choice = answer["choices"][0]
+            text = choice["message"]["content"] if self._api == "chat" else choice["text"]
+            usage = answer.get("usage") or {}
+        except (KeyError, IndexError, TypeError):
+            raise EngineError(
+                f"{self.name}: the answer has no {self._api} choice: {str(answer)[:200]}"
+            ) from None
+        return Generation(text or "", usage.get("prompt_tokens"), usage.get("completion_tokens"), latency)
+
+    async def _post_json(self, path: str, body: dict[str, Any]) -> Any:
+        await self._open()
+        assert self._session is not None
+        with self._errors():
+            response = await self._session.post(self._endpoint + path, json=body)
+        if response.status_code >= 400:
+            problem = _status_problem(response)
+            too_long = response.status_code == 400 and _LENGTH_REFUSAL.search(problem) is not None
+            failure: EngineFailure = "too_long" if too_long else "http"
+            raise EngineError(f"{self.name}: {problem}", failure, response.status_code)
+        try:
+            return response.json()
+        except ValueError:
+            raise EngineError(f"{self.name}: POST {path}: the answer is not JSON") from None
 
     async def info(self) -> EngineInfo:
-        # The endpoint may be given with or without the /v1 suffix.
-        path = "/models" if self._endpoint.endswith("/v1") else "/v1/models"
-        listing = await self._get_json(path, missing_ok=True)
+        if self._dialect.health_path is not None:
+            await self._get_json(self._dialect.health_path, expect_json=False)
+        path = self._v1 + "/models"
+        listing = await self._get_json(path, missing_ok=not self._dialect.listing_required)
         if listing is None:  # a server without the listing: the model name must be given
             if self._model is None:
                 raise EngineError(f"{self.name}: no {path} to learn the model name from; pass it")
@@ -272,8 +344,19 @@ class OpenAIEngine(_HTTPEngine):
         if chosen is None:
             served = ", ".join(repr(m.get("id")) for m in models) or "none"
             raise EngineError(f"{self.name}: does not serve model {self._model!r} (it serves: {served})")
-        # vLLM and SGLang report the context length as max_model_len; others say nothing.
-        return EngineInfo(self._model, None, chosen.get("max_model_len"))
+        length = chosen.get("max_model_len")
+        if not isinstance(length, int) or isinstance(length, bool) or length < 2:
+            return EngineInfo(self._model, None, None)
+        return EngineInfo(self._model, *self._dialect.limits(length))
+
+
+# The engines' words for a prompt over the context length: vLLM's "This model's maximum context length is
+# N tokens. However, your request has M input tokens..." and "'max_tokens' or 'max_completion_tokens' is
+# too large..."; SGLang's "The input (M tokens) is longer than the model's context length (N tokens)." and
+# "Requested token count exceeds the model's maximum context length of N tokens...".
+_LENGTH_REFUSAL = re.compile(
+    r"maximum (context|input) length|longer than the model's context length|'max_tokens' or"
+)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,12 @@
   claimed one, and is checked against the metagraph again), the request's fields (400 naming the field,
   `max_new_tokens` within this miner's cap) and its deadline (408). The engine's refusals come back as
   HTTP statuses a validator can act on: engine unreachable 503, no answer before the deadline 504, prompt
-  over the engine's token limits 413 with the engine's numbers.
-- `GET /healthz` (the process is alive), `GET /readyz` (the engine answers `/info` with the configured
-  model, and this hotkey's endpoint on chain is the one announced), `GET /metrics` (Prometheus).
+  over the engine's token limits 413 with the numbers (counted here with --engine.tokenizer before
+  sending, else the engine's own refusal). TGI is asked through `/generate`, vLLM and SGLang through
+  their OpenAI API (chat or completions, --engine.api).
+- `GET /healthz` (the process is alive), `GET /readyz` (the engine passes its checks, TGI `/info`, vLLM
+  `/health` and `/v1/models`, SGLang `/v1/models`, with the configured model, and this hotkey's endpoint
+  on chain is the one announced), `GET /metrics` (Prometheus).
 
 The metagraph is re-read every `sync_interval_s`; each sync also re-announces the endpoint when the
 chain shows another one (first start, a changed address, re-registration).
@@ -41,10 +44,11 @@ from prometheus_client import (
     generate_latest,
 )
 
-from evaluation.engines import Engine, EngineError, EngineInfo, make_engine
+from evaluation.engines import Engine, EngineApi, EngineError, EngineInfo, make_engine
 from evaluation.errors import InputError
 from evaluation.http_guard import GuardedSite, GuardLimits, GuardStats, serve_guarded
 from evaluation.tasks import TASKS
+from evaluation.tokenizer import Tokenizer, load_tokenizer
 from neurons import protocol
 from neurons.auth import AuthError, RequestVerifier, read_claim
 from neurons.chain import Chain, ChainError, MetagraphSnapshot
@@ -52,7 +56,8 @@ from neurons.flags import add_wallet_and_chain_arguments
 
 log = logging.getLogger("quasar.miner")
 
-EngineKindFlag = Literal["tgi", "openai"]
+EngineKindFlag = Literal["tgi", "vllm", "sglang", "openai"]
+ENGINE_KIND_FLAGS: tuple[EngineKindFlag, ...] = ("tgi", "vllm", "sglang", "openai")
 DEFAULT_MIN_STAKE = 1000.0
 # A 2M-token prefill on one node takes many minutes; the request's own deadline usually bounds it first.
 DEFAULT_ENGINE_TIMEOUT_S = 3600.0
@@ -83,6 +88,10 @@ class MinerConfig:
     model_name: str | None = None
     engine_url: str = DEFAULT_ENGINE_URL
     engine_kind: EngineKindFlag = "tgi"
+    engine_api: EngineApi = (
+        "chat"  # OpenAI-compatible engines only: chat (server-side template) or completions
+    )
+    engine_tokenizer: str | None = None  # the engine's tokenizer: oversized prompts refused before sending
     engine_timeout_s: float = DEFAULT_ENGINE_TIMEOUT_S
     min_stake: float = DEFAULT_MIN_STAKE
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
@@ -131,9 +140,24 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     engine.add_argument(
         "--engine.kind",
         dest="engine_kind",
-        choices=["tgi", "openai"],
+        choices=ENGINE_KIND_FLAGS,
         default="tgi",
-        help="engine API: tgi (TGI /generate) or openai (vLLM, SGLang) (default: tgi)",
+        help="the engine: tgi (TGI's /generate), vllm or sglang (their OpenAI API, limits and health), "
+        "openai (any other OpenAI-compatible server) (default: tgi)",
+    )
+    engine.add_argument(
+        "--engine.api",
+        dest="engine_api",
+        choices=["chat", "completions"],
+        help="for vllm, sglang, openai: chat (/v1/chat/completions, the server applies the model's chat "
+        "template: instruct models) or completions (/v1/completions, the prompt as is: base models) "
+        "(default: chat)",
+    )
+    engine.add_argument(
+        "--engine.tokenizer",
+        dest="engine_tokenizer",
+        help="the engine's tokenizer (a folder or Hub id, as the engine loads it): prompts that cannot fit "
+        "the engine's context are refused with 413 before they are sent (default: none, the engine refuses)",
     )
     engine.add_argument(
         "--engine.timeout",
@@ -176,6 +200,10 @@ def config_from_args(args: argparse.Namespace) -> MinerConfig:
         raise InputError("--engine.url", f"needs an http(s):// base URL, got {args.engine_url!r}")
     if args.netuid < 0:
         raise InputError("--netuid", f"must not be negative, got {args.netuid}")
+    if args.engine_kind == "tgi" and args.engine_api is not None:
+        raise InputError(
+            "--engine.api", "TGI is asked through its /generate; the flag is for vllm, sglang, openai"
+        )
     external_ip = None
     if args.external_ip is not None:
         # The chain stores an address as a number: a host name cannot be announced. Canonical form, so
@@ -197,6 +225,8 @@ def config_from_args(args: argparse.Namespace) -> MinerConfig:
         model_name=args.model_name,
         engine_url=args.engine_url,
         engine_kind=args.engine_kind,
+        engine_api=args.engine_api or "chat",
+        engine_tokenizer=args.engine_tokenizer,
         engine_timeout_s=args.engine_timeout,
         min_stake=args.min_stake,
         max_new_tokens=args.max_new_tokens,
@@ -271,6 +301,25 @@ def check_max_new_tokens(requested: int, cap: int) -> Refusal | None:
             {"field": "max_new_tokens", "max_new_tokens": cap},
         )
     return None
+
+
+def check_prompt_fits(prompt_tokens: int, max_new_tokens: int, info: EngineInfo | None) -> Refusal | None:
+    """413 for a prompt the engine cannot take. `prompt_tokens` is counted with the engine's tokenizer
+    without the special tokens and chat template the engine adds: a lower bound, so a refusal is certain."""
+    if info is None or info.fits(prompt_tokens, max_new_tokens):
+        return None
+    return Refusal(
+        413,
+        "too_large",
+        f"the prompt has at least {prompt_tokens} tokens; with max_new_tokens {max_new_tokens} it does not "
+        f"fit the engine (at most {info.max_input_tokens} input and {info.max_total_tokens} total tokens)",
+        {
+            "prompt_tokens": prompt_tokens,
+            "max_new_tokens": max_new_tokens,
+            "max_input_tokens": info.max_input_tokens,
+            "max_total_tokens": info.max_total_tokens,
+        },
+    )
 
 
 def deadline_budget(deadline_unix: float, now_unix: float, engine_timeout_s: float) -> float | None:
@@ -446,9 +495,17 @@ class _Answer:
 
 
 class _Miner:
-    def __init__(self, config: MinerConfig, chain: Chain, engine: Engine, endpoint: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        config: MinerConfig,
+        chain: Chain,
+        engine: Engine,
+        endpoint: tuple[str, int],
+        tokenizer: Tokenizer | None,
+    ) -> None:
         self._config = config
         self._engine = engine
+        self._tokenizer = tokenizer
         self._verifier = RequestVerifier(chain.hotkey)
         self.metrics = Metrics()
         self.probe = EngineProbe(engine, config.model_name, config.engine_probe_ttl_s)
@@ -562,6 +619,9 @@ class _Miner:
                 problem = await self.probe.problem()
                 if problem is not None:
                     return Refusal(503, "engine_down", problem)
+                refusal = await self._check_fits(query.prompt, query.max_new_tokens)
+                if refusal is not None:
+                    return refusal
                 generation = await self._engine.generate(query.prompt, query.max_new_tokens)
         except TimeoutError:
             bound = (
@@ -590,6 +650,14 @@ class _Miner:
         return _Answer(
             protocol.encode_response(response), generation.prompt_tokens, generation.completion_tokens
         )
+
+    async def _check_fits(self, prompt: str, max_new_tokens: int) -> Refusal | None:
+        """The prompt against the engine's limits, where this miner has the engine's tokenizer."""
+        if self._tokenizer is None:
+            return None
+        # Counting a 2M-token prompt takes seconds of CPU: off the event loop.
+        prompt_tokens = await asyncio.to_thread(self._tokenizer.count, prompt)
+        return check_prompt_fits(prompt_tokens, max_new_tokens, self.probe.info)
 
 
 async def _defer_continue(request: web.Request) -> None:
@@ -634,12 +702,15 @@ async def start_miner(
     endpoint announced is `config.external_ip`/`external_port`, each defaulting to the address actually
     bound (port 0 picks a free one). Serving comes first: the endpoint answers by the time it is announced,
     and liveness probes pass while a slow chain or engine is waited for (readiness tells them apart)."""
+    tokenizer = None
+    if config.engine_tokenizer is not None:  # a bad name fails here, before anything listens
+        tokenizer = await asyncio.to_thread(load_tokenizer, config.engine_tokenizer)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_port: int = sock.getsockname()[1]
     endpoint = (config.external_ip or host, config.external_port or bound_port)
-    miner = _Miner(config, chain, engine, endpoint)
+    miner = _Miner(config, chain, engine, endpoint, tokenizer)
     # Cancel a handler when its validator hangs up: its engine request is closed, not left running.
     # No auto_decompress: aiohttp would gunzip the body unbounded, before the signature (which covers the
     # compressed bytes) is checked; protocol.decode_request decompresses it, bounded, after the checks.
@@ -687,8 +758,10 @@ async def _serve_until_signalled(config: MinerConfig) -> int:
     wallet = load_wallet(config.wallet_name, config.wallet_hotkey, config.wallet_path)
     chain = BittensorChain(wallet, config.network, config.chain_endpoint, config.netuid)
     # The model name selects the model only on OpenAI-compatible servers; TGI serves one, checked by name.
-    model = config.model_name if config.engine_kind == "openai" else None
-    engine = make_engine(config.engine_kind, config.engine_url, model, config.engine_timeout_s)
+    model = config.model_name if config.engine_kind != "tgi" else None
+    engine = make_engine(
+        config.engine_kind, config.engine_url, model, config.engine_timeout_s, config.engine_api
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

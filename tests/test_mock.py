@@ -16,13 +16,14 @@ from evaluation.tokenizer import load_tokenizer
 from neurons import state as state_io
 from neurons.mock import (
     MockConfig,
+    default_length,
     demo_records,
     memorised_answer,
     mock_config_from_args,
     read_answer,
     verdict,
 )
-from neurons.validator import build_parser, main
+from neurons.validator_cli import build_parser, main
 
 
 @pytest.mark.parametrize("task", SYNTHETIC_TASKS)
@@ -59,14 +60,25 @@ def test_mock_flags() -> None:
             "0",
             "--mock.model",
             "m",
+            "--mock.lengths",
+            "32k,124k",
             "--neuron.state_path",
             "s",
         ]
     )
-    assert mock_config_from_args(args) == MockConfig(honest=2, readers=0, model="m", keep_state=True)
-    assert mock_config_from_args(build_parser("test").parse_args(["--mock"])) == MockConfig()
+    expected = MockConfig(honest=2, readers=0, model="m", lengths=("32k", "124k"), keep_state=True)
+    assert mock_config_from_args(args) == expected
+    # Defaults: the real model, at the seed's 32k on CUDA or the development size on a CPU.
+    defaults = mock_config_from_args(build_parser("test").parse_args(["--mock"]))
+    assert defaults == MockConfig(lengths=(default_length(),))
+    assert defaults.model == "gemma3-270m"
+    # --neuron.bucket_weights sets the sizes when --mock.lengths does not.
+    weighted = build_parser("test").parse_args(["--mock", "--neuron.bucket_weights", "124k=1"])
+    assert mock_config_from_args(weighted).lengths is None
     with pytest.raises(InputError, match=r"--mock\.honest"):
         mock_config_from_args(build_parser("test").parse_args(["--mock", "--mock.honest", "-1"]))
+    with pytest.raises(InputError, match=r"'3k'.*unknown bucket"):
+        mock_config_from_args(build_parser("test").parse_args(["--mock", "--mock.lengths", "32k,3k"]))
 
 
 def test_verdict_says_whether_honest_miners_win() -> None:
@@ -79,7 +91,9 @@ def test_mock_mode_runs_rounds_writes_the_leaderboard_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     summary, state = tmp_path / "summary.json", tmp_path / "state.json"
-    flags = ["--mock", "--mock.honest", "1", "--neuron.state_path", str(state), "--wandb.off"]
+    # The tiny model at the seed's 32k bucket: quick on any machine (it answers noise).
+    tiny = ["--mock.model", "tiny", "--mock.lengths", "32k"]
+    flags = ["--mock", "--mock.honest", "1", *tiny, "--neuron.state_path", str(state), "--wandb.off"]
     assert main([*flags, "--rounds", "2", "--summary-json", str(summary)], "test") == 0
     rows = json.loads(summary.read_text())
     kinds = {row["kind"] for row in rows}
@@ -92,7 +106,16 @@ def test_mock_mode_runs_rounds_writes_the_leaderboard_and_resumes(
     # The tiny model answers noise: the honest miner was asked and scored, but only ties the adversaries.
     assert score["honest"] == 0.0
     out = capsys.readouterr().out
-    assert "memorizer" in out
+    # It says what it starts, one line per round, and what the leaderboard's numbers are.
+    assert "honest miners' model: tiny" in out
+    assert "context size: 32k (one of the seed's buckets)" in out
+    for kind in ("honest", "reader", "empty", "memorizer"):
+        assert f" {kind} " in out.split("miners:")[1].split("round 1/2")[0]
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("round ")] == [
+        "round 1/2",
+        "round 2/2",
+    ]
+    assert "score = moving average (alpha 0.1) of each miner's per-round rewards" in out
     assert "every honest miner outscores both adversaries: no" in out
     hotkeys = {row["uid"]: row["hotkey"] for row in rows}
     saved = json.loads(state.read_text())

@@ -28,6 +28,7 @@ from neurons.mock import read_answer
 from neurons.rounds import parse_bucket_weights, parse_task_weights
 from neurons.state import StateError, ValidatorState
 from neurons.validator import (
+    MOCK_DEADLINE_BASE_S,
     Answer,
     RoundResult,
     Validator,
@@ -35,9 +36,9 @@ from neurons.validator import (
     WandbLogger,
     build_parser,
     config_from_args,
-    main,
     round_metrics,
 )
+from neurons.validator_cli import main
 from tests.fake_tgi import FakeTGI
 
 NETUID = 3
@@ -342,7 +343,7 @@ def test_defaults_and_mock_defaults() -> None:
     mock = parse("--mock")
     assert mock.bucket_weights == {"32k": 1.0}
     assert mock.epoch_length == 2
-    assert mock.deadline_base_s == 60
+    assert mock.deadline_base_s == MOCK_DEADLINE_BASE_S
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import bittensor
 import pytest
 
 from evaluation.dev_engine.server import start_engine_server
-from evaluation.engines import EngineError, EngineInfo, Generation, make_engine
+from evaluation.engines import EngineError, EngineInfo, EngineKind, Generation, make_engine
 from evaluation.errors import InputError
 from evaluation.local_model import ensure_local_model
 from evaluation.tasks import TASKS
@@ -137,12 +137,12 @@ async def serving(
     wallets: Wallets,
     chain: FakeChain,
     engine_url: str,
-    engine_kind: str = "tgi",
+    engine_kind: EngineKind = "tgi",
     **config_changes: Any,
 ) -> AsyncIterator[Client]:
     config = replace(MinerConfig(netuid=7, sync_interval_s=0.05, engine_probe_ttl_s=0.0), **config_changes)
-    model = config.model_name if engine_kind == "openai" else None
-    engine = make_engine("openai" if engine_kind == "openai" else "tgi", engine_url, model, 30.0)
+    model = config.model_name if engine_kind != "tgi" else None
+    engine = make_engine(engine_kind, engine_url, model, 30.0, config.engine_api)
     miner = await start_miner(config, chain.view(hotkey(wallets.miner)), engine)
     try:
         async with aiohttp.ClientSession() as session:
@@ -789,7 +789,8 @@ def test_every_flag_reaches_the_config() -> None:
         "--subtensor.network", "test", "--subtensor.chain_endpoint", "ws://127.0.0.1:9944",
         "--netuid", "42", "--axon.port", "9000", "--axon.external_ip", "203.0.113.5",
         "--axon.external_port", "30000", "--miner.model_name", "org/model", "--engine.url", "http://tgi:80",
-        "--engine.kind", "openai", "--engine.timeout", "120", "--blacklist.min_stake", "5",
+        "--engine.kind", "vllm", "--engine.api", "completions", "--engine.tokenizer", "org/model",
+        "--engine.timeout", "120", "--blacklist.min_stake", "5",
         "--miner.max_new_tokens", "64", "--logging.debug",
     ]  # fmt: skip
     config = config_from_args(build_parser("miner").parse_args(argv))
@@ -805,7 +806,9 @@ def test_every_flag_reaches_the_config() -> None:
         external_port=30000,
         model_name="org/model",
         engine_url="http://tgi:80",
-        engine_kind="openai",
+        engine_kind="vllm",
+        engine_api="completions",
+        engine_tokenizer="org/model",
         engine_timeout_s=120.0,
         min_stake=5.0,
         max_new_tokens=64,
@@ -822,6 +825,7 @@ def test_every_flag_reaches_the_config() -> None:
         (["--miner.max_new_tokens", "0"], "--miner.max_new_tokens"),
         (["--engine.url", "tgi:80"], "--engine.url"),
         (["--axon.external_ip", "miner.example.com"], "--axon.external_ip"),
+        (["--engine.api", "chat"], "--engine.api"),  # TGI is asked through /generate
     ],
 )
 def test_bad_flags_are_named(flags: list[str], named: str) -> None:

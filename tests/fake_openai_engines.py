@@ -55,7 +55,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
@@ -87,7 +87,7 @@ def sglang_error(status: int, message: str, error_type: str = "BadRequestError")
 class FakeOpenAIEngine:
     """What the two doubles share: the thread, the queue, the OpenAI routes. Subclasses say the rest."""
 
-    kind: ClassVar[str]
+    kind: ClassVar[Literal["vllm", "sglang"]]
     # The generated text: a fixed string or a function of the prompt (for chat: the user message).
     answer: str | Callable[[str], str] = "fake answer"
     # Tokens in a text, for usage and the length checks (default: whitespace-separated words).
@@ -291,7 +291,7 @@ class FakeOpenAIEngine:
 
 @dataclass
 class FakeVLLM(FakeOpenAIEngine):
-    kind: ClassVar[str] = "vllm"
+    kind: ClassVar[Literal["vllm", "sglang"]] = "vllm"
     version: str = "0.11.0"
 
     def _add_routes(self, app: web.Application) -> None:
@@ -365,7 +365,7 @@ class FakeVLLM(FakeOpenAIEngine):
 
 @dataclass
 class FakeSGLang(FakeOpenAIEngine):
-    kind: ClassVar[str] = "sglang"
+    kind: ClassVar[Literal["vllm", "sglang"]] = "sglang"
 
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_get("/health_generate", self._health)

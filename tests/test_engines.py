@@ -13,10 +13,11 @@ from typing import TypeVar
 
 import pytest
 
-from evaluation.engines import Engine, EngineError, EngineInfo, Generation, make_engine
+from evaluation.engines import Engine, EngineError, EngineFailure, EngineInfo, Generation, make_engine
 from evaluation.errors import InputError
 from evaluation.local_model import LOCAL_MAX_TOTAL_TOKENS, ensure_local_model
 from evaluation.tokenizer import load_tokenizer
+from tests.fake_openai_engines import FakeOpenAIEngine, FakeSGLang, FakeVLLM, sglang_error, vllm_error
 from tests.fake_tgi import Failure, FakeTGI, tgi_validation_error
 
 T = TypeVar("T")
@@ -211,3 +212,92 @@ def test_the_local_engine_times_out(local_model: Path) -> None:
 def test_an_unknown_local_model_offline_is_an_engine_error() -> None:
     with pytest.raises(EngineError, match=r"local:no-such/model: .*HF_HUB_OFFLINE"):
         generate(make_engine("local", None, "no-such/model", 30.0))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# vLLM and SGLang through their OpenAI API, against tests/fake_openai_engines.py
+
+
+@pytest.mark.parametrize(
+    ("make", "limits"),
+    [(FakeVLLM, EngineInfo("fake/model", 99, 100)), (FakeSGLang, EngineInfo("fake/model", 99, 99))],
+)
+def test_the_context_length_becomes_each_engines_own_limits(
+    make: type[FakeOpenAIEngine], limits: EngineInfo
+) -> None:
+    """vLLM takes prompt + max_tokens up to max_model_len, SGLang below it; both a prompt below it. The
+    limits the client reports agree with what the engine then accepts, around the edge."""
+    with make(max_model_len=100) as engine:
+        info = call(make_engine(make.kind, engine.url, None, 30.0), lambda e: e.info())
+        assert info == limits
+        for prompt_tokens in (98, 99, 100):
+            for max_new_tokens in (1, 2):
+                client = make_engine(make.kind, engine.url, None, 30.0, "completions")
+                failure = failure_of(client, "w " * prompt_tokens, max_new_tokens)
+                expected = None if info.fits(prompt_tokens, max_new_tokens) else "too_long"
+                assert failure == expected, (prompt_tokens, max_new_tokens)
+
+
+def failure_of(engine: Engine, prompt: str, max_new_tokens: int) -> EngineFailure | None:
+    try:
+        generate(engine, prompt, max_new_tokens)
+    except EngineError as error:
+        return error.failure
+    return None
+
+
+@pytest.mark.parametrize("make", [FakeVLLM, FakeSGLang])
+def test_an_engine_error_names_the_status_and_the_engines_message(
+    make: type[FakeOpenAIEngine],
+) -> None:
+    failure = (vllm_error if make is FakeVLLM else sglang_error)(500, "CUDA error: out of memory")
+    with (
+        make(failures=[failure]) as engine,
+        pytest.raises(
+            EngineError, match=r"^\w+ http://127\.0\.0\.1:\d+: HTTP 500: CUDA error: out of memory$"
+        ) as caught,
+    ):
+        generate(make_engine(make.kind, engine.url, "fake/model", 30.0))
+    assert (caught.value.failure, caught.value.status) == ("http", 500)
+
+
+def test_vllm_health_is_part_of_its_info() -> None:
+    with FakeVLLM(healthy=False) as engine:
+        with pytest.raises(EngineError, match=r"GET /health: HTTP 503"):
+            call(make_engine("vllm", engine.url, None, 30.0), lambda e: e.info())
+        assert [r.path for r in engine.requests] == ["/health"]
+
+
+@pytest.mark.parametrize(
+    ("make", "running", "waiting"),
+    [
+        (FakeVLLM, "vllm:num_requests_running", "vllm:num_requests_waiting"),
+        (FakeSGLang, "sglang:num_running_reqs", "sglang:num_queue_reqs"),
+    ],
+)
+def test_the_doubles_count_running_and_queued_requests_under_their_engines_metric_names(
+    make: type[FakeOpenAIEngine], running: str, waiting: str
+) -> None:
+    """What autoscaling reads: with two slots and five requests in flight, two run and three wait."""
+    import aiohttp
+
+    def gauge(page: str, name: str) -> float:
+        [value] = [float(line.rsplit(" ", 1)[1]) for line in page.splitlines() if line.startswith(name + "{")]
+        return value
+
+    async def scrape_under_load(url: str) -> tuple[str, str]:
+        engine = make_engine(make.kind, url, None, 30.0, "completions")
+        async with aiohttp.ClientSession() as session:
+            idle = await (await session.get(url + "/metrics")).text()
+            load = [asyncio.create_task(engine.generate("hello", 4)) for _ in range(5)]
+            await asyncio.sleep(0.5)
+            busy = await (await session.get(url + "/metrics")).text()
+            await asyncio.gather(*load)
+        await engine.aclose()
+        return idle, busy
+
+    with make(max_running=2, latency_s=1.0) as fake:
+        idle, busy = asyncio.run(scrape_under_load(fake.url))
+    assert (gauge(idle, running), gauge(idle, waiting)) == (0, 0)
+    assert (gauge(busy, running), gauge(busy, waiting)) == (2, 3)
+    assert f'model_name="{fake.model_id}"' in busy

@@ -5,12 +5,13 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from evaluation.contexts import build_items
+from evaluation.demo_data import write_zip
 from evaluation.rewards import RewardRule
 from evaluation.tasks import DEFAULT_TASKS
 from evaluation.tokenizer import load_tokenizer
@@ -98,12 +99,14 @@ def test_bad_options_exit_2_with_the_option_named(tmp_path: Path, capsys: pytest
     assert not (tmp_path / "o.json").exists()
 
 
-def _run_without_data(tmp_path: Path, **env: str) -> "subprocess.CompletedProcess[str]":
-    """`quasar eval run --tasks qasper` without --data, in a process of its own with an empty Hugging Face
-    cache and the given environment (the suite's HF_HUB_OFFLINE removed)."""
+def _run_without_data(
+    tmp_path: Path, extra: Sequence[str] = (), **env: str
+) -> "subprocess.CompletedProcess[str]":
+    """`quasar eval run --tasks qasper` without --data, in a process of its own with the Hugging Face cache
+    in tmp_path/hf and the given environment (the suite's HF_HUB_OFFLINE removed)."""
     environment = {k: v for k, v in os.environ.items() if k not in {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"}}
     return subprocess.run(
-        [sys.executable, "-m", "quasar_cli", "eval", "run", "--tasks", "qasper"],
+        [sys.executable, "-m", "quasar_cli", "eval", "run", "--tasks", "qasper", *extra],
         env=environment | {"HF_HOME": str(tmp_path / "hf")} | env,
         cwd=tmp_path,
         capture_output=True,
@@ -151,3 +154,21 @@ def test_run_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
     assert f"(default: {', '.join(DEFAULT_TASKS)}: no data set needed)" in help_text
     assert "(default: 32k)" in help_text
+
+
+def test_a_cached_data_zip_is_used_without_asking_the_hub(tmp_path: Path) -> None:
+    # data.zip where the Hugging Face cache keeps it (HF_HOME/hub), as a download at `main` leaves it.
+    repo = tmp_path / "hf" / "hub" / "datasets--THUDM--LongBench"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    write_zip(repo / "snapshots" / commit / "data.zip", 12)  # enough text for a 32k context
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        done = _run_without_data(tmp_path, HF_ENDPOINT=endpoint, extra=["--endpoint", endpoint])
+    # The records were found: the run got as far as the engine, which is down.
+    assert "data.zip" not in done.stderr
+    assert f"127.0.0.1:{endpoint.rsplit(':', 1)[1]}" in done.stderr
+    assert done.returncode == 1

@@ -22,6 +22,7 @@ from evaluation.engines import Engine, EngineError, EngineInfo, make_engine
 from evaluation.errors import InputError
 from evaluation.files import write_json_atomic
 from evaluation.grading import grade
+from evaluation.local_model import resolve_model
 from evaluation.longbench import load_records
 from evaluation.rewards import RewardRule
 from evaluation.tasks import EvalItem, get_task
@@ -103,6 +104,9 @@ class CellSummary:
     reward: float
     mean_prompt_tokens: float
     median_latency_s: float | None
+    # Prompt and generated tokens over the seconds spent on them, answered requests only: mostly prefill
+    # speed, which long contexts are bound by.
+    tokens_per_s: float | None
 
 
 def summarise(results: Sequence[ItemResult], rule: RewardRule) -> list[CellSummary]:
@@ -114,6 +118,9 @@ def summarise(results: Sequence[ItemResult], rule: RewardRule) -> list[CellSumma
     for (task, bucket), group in cells.items():
         accuracy = statistics.fmean(r.score for r in group)
         latencies = [r.latency_s for r in group if r.latency_s is not None]
+        timed = [r for r in group if r.latency_s]
+        seconds = sum(r.latency_s or 0.0 for r in timed)
+        tokens = sum(r.prompt_tokens + (r.completion_tokens or 0) for r in timed)
         summaries.append(
             CellSummary(
                 task=task,
@@ -124,13 +131,24 @@ def summarise(results: Sequence[ItemResult], rule: RewardRule) -> list[CellSumma
                 reward=rule.reward(accuracy, bucket),
                 mean_prompt_tokens=statistics.fmean(r.prompt_tokens for r in group),
                 median_latency_s=statistics.median(latencies) if latencies else None,
+                tokens_per_s=tokens / seconds if timed else None,
             )
         )
     return summaries
 
 
 def format_table(summaries: Sequence[CellSummary]) -> str:
-    header = ("task", "bucket", "n", "errors", "prompt tok", "accuracy", "reward", "p50 latency")
+    header = (
+        "task",
+        "bucket",
+        "n",
+        "errors",
+        "prompt tok",
+        "accuracy %",
+        "reward",
+        "p50 latency",
+        "tokens/s",
+    )
     rows = [
         (
             s.task,
@@ -141,6 +159,7 @@ def format_table(summaries: Sequence[CellSummary]) -> str:
             f"{100 * s.accuracy:.2f}",
             f"{s.reward:.4f}",
             "-" if s.median_latency_s is None else f"{s.median_latency_s:.2f}s",
+            "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}",
         )
         for s in summaries
     ]
@@ -196,7 +215,10 @@ async def _answer_all(
 async def _evaluate(
     options: RunOptions, items: Sequence[EvalItem]
 ) -> tuple[dict[str, object], list[ItemResult]]:
-    engine = make_engine(options.engine, options.endpoint, options.model, options.timeout_s)
+    # The local engine runs a built-in model by name (tiny, gemma3-270m) or a folder; an HTTP engine is sent
+    # the name as it was given.
+    model = resolve_model(options.model) if options.engine == "local" else options.model
+    engine = make_engine(options.engine, options.endpoint, model, options.timeout_s)
     try:
         info = await engine.info()
         with tqdm(total=len(items), desc="answering", unit="prompt", file=sys.stderr) as bar:

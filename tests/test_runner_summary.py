@@ -35,6 +35,19 @@ def test_summary_cells_partition_the_results(items: list[ItemResult]) -> None:
 
 
 @given(results)
+def test_throughput_counts_the_tokens_of_timed_answers_over_their_seconds(items: list[ItemResult]) -> None:
+    for cell in summarise(items, RewardRule()):
+        timed = [r for r in items if (r.task, r.bucket) == (cell.task, cell.bucket) and r.latency_s]
+        if not timed:
+            assert cell.tokens_per_s is None
+            continue
+        assert cell.tokens_per_s is not None
+        # The slowest and fastest answers bound the cell's rate.
+        rates = [(r.prompt_tokens + (r.completion_tokens or 0)) / (r.latency_s or 1) for r in timed]
+        assert min(rates) * (1 - 1e-9) <= cell.tokens_per_s <= max(rates) * (1 + 1e-9)
+
+
+@given(results)
 def test_cell_accuracy_is_the_mean_score_and_reward_follows_the_rule(items: list[ItemResult]) -> None:
     rule = RewardRule()
     for cell in summarise(items, rule):
@@ -51,8 +64,19 @@ def test_table_has_a_row_per_cell_with_percent_accuracy() -> None:
     ]
     lines = format_table(summarise(items, RewardRule())).splitlines()
     assert lines[0].split()[:2] == ["task", "bucket"]
-    assert lines[2].split() == ["niah_single", "32k", "2", "0", "32,050", "75.00", "0.7500", "3.00s"]
-    assert lines[3].split() == ["qasper", "2m", "1", "1", "2,000,000", "0.00", "0.0000", "-"]
+    # tokens/s: 64,100 prompt tokens answered in 6 s.
+    assert lines[2].split() == [
+        "niah_single",
+        "32k",
+        "2",
+        "0",
+        "32,050",
+        "75.00",
+        "0.7500",
+        "3.00s",
+        "10,683",
+    ]
+    assert lines[3].split() == ["qasper", "2m", "1", "1", "2,000,000", "0.00", "0.0000", "-", "-"]
 
 
 def _namespace(**overrides: object) -> argparse.Namespace:

@@ -16,8 +16,11 @@ from pathlib import Path
 from evaluation.errors import InputError
 
 
-def require_folder(path: Path) -> None:
-    """InputError naming `path` unless the folder it goes into exists (outputs never create folders)."""
+def check_destination(path: Path) -> None:
+    """InputError naming `path` unless it can be written as a file: not a folder, in a folder that exists
+    (outputs given on the command line never create folders)."""
+    if path.is_dir():
+        raise InputError(str(path), "is a folder: name a file")
     if not path.parent.is_dir():
         raise InputError(str(path), f"no such folder: {path.parent} (create it first)")
 
@@ -26,7 +29,7 @@ def write_text_atomic(path: Path, text: str, *, create_folders: bool = True) -> 
     if create_folders:
         path.parent.mkdir(parents=True, exist_ok=True)
     else:
-        require_folder(path)
+        check_destination(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.errors import InputError
-from evaluation.files import locked_folder, require_folder, write_text_atomic
+from evaluation.files import check_destination, locked_folder, write_text_atomic
 from evaluation.metrics import missing_dependency, score_prediction
 from evaluation.tasks import metric_for_dataset
 
@@ -69,7 +69,7 @@ def run_score(path: Path, *, longbench_e: bool, per_sample: Path | None, output:
     result_path = output if output is not None else (path if path.is_dir() else path.parent) / "result.json"
     for destination in (per_sample, result_path):
         if destination is not None:
-            require_folder(destination)
+            check_destination(destination)
     samples = [sample for file in sorted(files) for sample in read_predictions(file)]
     skipped = unscorable_datasets(samples)
     if len(skipped) == len({sample.dataset for sample in samples}):

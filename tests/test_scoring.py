@@ -247,13 +247,15 @@ def test_outputs_respect_the_umask(tmp_path: Path, umask: int) -> None:
 
 
 @pytest.mark.parametrize("flag", ["--output", "--per-sample"])
-def test_outputs_are_not_written_into_missing_folders(
+def test_outputs_are_not_written_into_missing_folders_nor_over_folders(
     tmp_path: Path, flag: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = _folder(tmp_path, {"qasper": 2})
     missing = tmp_path / "missing" / "out.json"
     assert cli_main(["score", str(folder), flag, str(missing)]) == 2
     assert f"{missing}: no such folder: {missing.parent}" in capsys.readouterr().err
+    assert cli_main(["score", str(folder), flag, str(tmp_path)]) == 2
+    assert f"{tmp_path}: is a folder" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["pred", "qasper.jsonl"]
 
 

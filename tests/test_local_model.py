@@ -1,3 +1,4 @@
+import asyncio
 import json
 import threading
 import time
@@ -6,12 +7,19 @@ from pathlib import Path
 import pytest
 
 from evaluation.local_model import (
+    BUILTIN_MODELS,
+    GEMMA_MODEL,
     LOCAL_MAX_TOTAL_TOKENS,
+    TINY_MODEL,
     VOCAB_SIZE,
     _ensure_built,
     cache_root,
+    ensure_gemma_model,
     ensure_local_model,
+    has_chat_template,
+    resolve_model,
 )
+from evaluation.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +96,39 @@ def test_concurrent_builders_agree_on_one_result(tmp_path: Path) -> None:
     assert results == [tmp_path / "model"] * 3
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging folders left
     assert [p.name for p in (tmp_path / "model").iterdir()] == ["by"]
+
+
+def test_model_names_resolve_to_folders_and_anything_else_passes_through(model_dir: Path) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QUASAR_CACHE", str(model_dir.parent.parent))
+        assert resolve_model(None) == resolve_model(TINY_MODEL) == str(model_dir)
+    assert resolve_model("some/hub-id") == "some/hub-id"
+    assert set(BUILTIN_MODELS) == {TINY_MODEL, GEMMA_MODEL}
+
+
+def test_gemma_is_a_base_model_that_reads_a_planted_number() -> None:
+    """The real model of mock mode: converted once into the user's cache (minutes the first time), then it
+    completes a short completion-style prompt with the number planted in its context."""
+    from evaluation.engines import make_engine
+
+    folder = ensure_gemma_model()
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    assert not has_chat_template(str(folder))  # a base model: asked to complete text, not to chat
+    tokenizer = load_tokenizer(GEMMA_MODEL)
+    filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+    number = "7306514"
+    prompt = (
+        f"{filler * 4}The special magic number for the lantern is {number}.\n{filler * 4}\n\n"
+        "Question: What is the special magic number for the lantern?\nAnswer: The special magic number for "
+        "the lantern is"
+    )
+    assert tokenizer.count(prompt) < 400
+
+    async def answer() -> str:
+        engine = make_engine("local", None, resolve_model(GEMMA_MODEL), 600)
+        try:
+            return (await engine.generate(prompt, 8)).text
+        finally:
+            await engine.aclose()
+
+    assert number in asyncio.run(answer())

@@ -63,7 +63,8 @@ from neurons.chain import FakeChain
 from neurons.miner import MinerConfig, start_miner
 from neurons.state import ValidatorState
 from neurons.validator import Answer, Validator, ValidatorConfig, query_miner
-from tests.fake_tgi import FakeTGI, RecordedRequest
+from tests.fake_server import RecordedRequest
+from tests.fake_tgi import FakeTGI
 
 NETUID = 1
 TASK = "niah_single"

@@ -48,19 +48,16 @@ the rest wait, and the gauges count both.
 """
 
 import asyncio
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-from tests.fake_tgi import Failure, RecordedRequest
+from tests.fake_server import Failure, RecordedRequest, ThreadedServer
 
 # The toy chat template the doubles apply to a chat request's user message, as a server applies the model's.
 CHAT_OPENING = "<|im_start|>user\n"
@@ -84,7 +81,7 @@ def sglang_error(status: int, message: str, error_type: str = "BadRequestError")
 
 
 @dataclass
-class FakeOpenAIEngine:
+class FakeOpenAIEngine(ThreadedServer):
     """What the two doubles share: the thread, the queue, the OpenAI routes. Subclasses say the rest."""
 
     kind: ClassVar[Literal["vllm", "sglang"]]
@@ -104,62 +101,13 @@ class FakeOpenAIEngine:
     def __post_init__(self) -> None:
         self.running = 0  # requests generating now
         self.waiting = 0  # requests queued for a slot
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
+        self.thread_name = f"fake-{self.kind}"
         self._slots: asyncio.Semaphore | None = None
         self._prompt_tokens = 0
         self._generation_tokens = 0
-        self.port = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._serve, args=(sock, ready), name=f"fake-{self.kind}", daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError(f"fake {self.kind} server did not start")
-
-    def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-        self._loop = self._thread = self._runner = None
-
-    def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
-        assert self._loop is not None
-        asyncio.set_event_loop(self._loop)
+    def _on_loop(self) -> None:
         self._slots = asyncio.Semaphore(self.max_running)
-        # A client hanging up cancels its handler, as the real servers abort the request.
-        self._runner = web.AppRunner(
-            self._app(), handle_signals=False, handler_cancellation=True, shutdown_timeout=0.5
-        )
-        self._loop.run_until_complete(self._runner.setup())
-        self._loop.run_until_complete(web.SockSite(self._runner, sock).start())
-        ready.set()
-        self._loop.run_forever()
 
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)

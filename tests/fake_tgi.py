@@ -17,38 +17,16 @@ Answers, latency, limits and failures are plain attributes; set them before or b
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
+from tests.fake_server import Failure, RecordedRequest, ThreadedServer
+
 TGI_PAYLOAD_LIMIT = 2_000_000  # TGI's default --payload-limit, in bytes
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    method: str
-    path: str
-    body: Any  # the parsed JSON body, or None
-    headers: dict[str, str]
-
-
-@dataclass
-class Failure:
-    """An HTTP error to answer instead of a generation: a JSON body is sent as JSON, a str as text."""
-
-    status: int
-    body: dict[str, Any] | str
-
-    def response(self) -> web.Response:
-        if isinstance(self.body, str):
-            return web.Response(status=self.status, text=self.body)
-        return web.json_response(self.body, status=self.status)
 
 
 def tgi_validation_error(message: str) -> Failure:
@@ -57,7 +35,8 @@ def tgi_validation_error(message: str) -> Failure:
 
 
 @dataclass
-class FakeTGI:
+class FakeTGI(ThreadedServer):
+    thread_name = "fake-tgi"
     # The generated text: a fixed string, or a function of the prompt (a chat request's last message).
     answer: str | Callable[[str], str] = "fake answer"
     # Tokens in a text, for details.generated_tokens, usage and the length limits (default: words).
@@ -71,59 +50,6 @@ class FakeTGI:
     # Answered in order, one per generation request, before generating anything.
     failures: list[Failure] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "FakeTGI":
-        self.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(sock, ready), name="fake-tgi", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake TGI server did not start")
-
-    def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-        self._loop = self._thread = self._runner = None
-
-    def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
-        assert self._loop is not None
-        asyncio.set_event_loop(self._loop)
-        # Cancel a handler when its client hangs up (a client timeout), and do not wait long for
-        # handlers still sleeping in latency_s when the server stops.
-        self._runner = web.AppRunner(
-            self._app(), handle_signals=False, handler_cancellation=True, shutdown_timeout=0.5
-        )
-        self._loop.run_until_complete(self._runner.setup())
-        self._loop.run_until_complete(web.SockSite(self._runner, sock).start())
-        ready.set()
-        self._loop.run_forever()
 
     def _app(self) -> web.Application:
         # The fake enforces payload_limit itself, with TGI's message; aiohttp's own limit only caps memory.

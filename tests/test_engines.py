@@ -18,7 +18,8 @@ from evaluation.errors import InputError
 from evaluation.local_model import LOCAL_MAX_TOTAL_TOKENS, ensure_local_model
 from evaluation.tokenizer import load_tokenizer
 from tests.fake_openai_engines import FakeOpenAIEngine, FakeSGLang, FakeVLLM, sglang_error, vllm_error
-from tests.fake_tgi import Failure, FakeTGI, tgi_validation_error
+from tests.fake_server import Failure
+from tests.fake_tgi import FakeTGI, tgi_validation_error
 
 T = TypeVar("T")
 

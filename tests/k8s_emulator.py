@@ -16,10 +16,18 @@ kmock emulates an API server in memory over HTTP; kopf runs against it with thes
    the object's metadata alone, as from a real API server; kmock would send the whole object.
 7. In that view an object with `data` (a Secret) lists its data keys in `managedFields`, as a real API
    server's field manager records them (kmock records none), unless the object was stored with its own.
+8. An object created with `generateName` and no name gets a name, as from a real API server: kmock keeps
+   it nameless, so a second Event (kopf names them `kopf-event-...`) answered 409 and was lost.
+9. A list answers its resourceVersion, and a watch from it leaves out the objects the list held, as a real
+   API server's does: kmock's watch replays every object, and kopf, handling each twice, patched the second
+   time with a stale version (422) and then waited for a change that never came.
+
+10. A merge patch that brings an object where the live value is not one (a status that is a string), or
+    the reverse, replaces the value, as RFC 7386 says; kmock answered 500 and kept the value.
 
 What kmock does not emulate, the tests must not lean on: there is no /status subresource (a status patch
 is a plain merge), no garbage collection (the operator's own cleanup deletes children; the tests check
-owner references explicitly), no PUT, and watch resource versions are ignored.
+owner references explicitly) and no PUT.
 """
 
 import asyncio
@@ -29,7 +37,7 @@ import itertools
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -74,7 +82,7 @@ TEST_SETTINGS = Settings(
 
 
 class Emulator(kmock.KubernetesEmulator):
-    """Adaptations 2 to 7."""
+    """Adaptations 2 to 10."""
 
     _versions = itertools.count(1)
 
@@ -95,12 +103,15 @@ class Emulator(kmock.KubernetesEmulator):
             self._serving = [r for r in self._serving if r is not request]
 
     async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
-        """Adaptation 5: equality label selectors; any other selector is answered unfiltered, as by kmock."""
+        """Adaptation 5: equality label selectors; any other selector is answered unfiltered, as by kmock.
+        Adaptation 9: the list's resourceVersion, from which a watch goes on."""
         payload = await super()._serve_list(request)
+        assert isinstance(payload, dict)
+        versions = [_version(item) for item in payload["items"]]
+        payload["metadata"] = {**payload["metadata"], "resourceVersion": str(max(versions, default=0))}
         terms = [term.partition("=") for term in request.params.get("labelSelector", "").split(",") if term]
         if not terms or any(not sep or key.endswith("!") for key, sep, _ in terms):
             return payload
-        assert isinstance(payload, dict)
         wanted = {key: value.removeprefix("=") for key, _, value in terms}
         items = [
             item
@@ -108,6 +119,18 @@ class Emulator(kmock.KubernetesEmulator):
             if all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in wanted.items())
         ]
         return {**payload, "items": items}
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
+        """Adaptation 9: a watch from a list's resourceVersion skips the objects that list already held."""
+        since = request.params.get("resourceVersion", "")
+        after = int(since) if since.isdigit() else 0
+        async for event in super()._serve_watch(request):
+            if not (
+                isinstance(event, dict)
+                and event.get("type") == "ADDED"
+                and _version(event["object"]) <= after
+            ):
+                yield event
 
     async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
         """Adaptations 6 and 7: the metadata-only view, with the data keys' field records."""
@@ -117,14 +140,14 @@ class Emulator(kmock.KubernetesEmulator):
         assert isinstance(payload, dict)
         metadata = dict(payload["metadata"])
         if "managedFields" not in metadata and isinstance(payload.get("data"), dict):
-            fields = {"f:data": {f"f:{key}": {} for key in payload["data"]}, "f:type": {}}
+            fields: Obj = {"f:data": {f"f:{key}": {} for key in payload["data"]}, "f:type": {}}
             metadata["managedFields"] = [
                 {"manager": "kubectl-create", "operation": "Update", "apiVersion": "v1", "fieldsV1": fields}
             ]
         return {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": metadata}
 
     async def _serve(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
-        """Adaptations 2 and 3: the metadata a real API server sets on every write, 422 on a failed test."""
+        """Adaptations 2, 3 and 8: the metadata a real API server sets on a write; 422 on a failed test."""
         data = request.data
         if request.resource is not None and isinstance(data, list):
             # A JSON patch (kopf's finalizers and progress annotations) moves the version too.
@@ -134,6 +157,8 @@ class Emulator(kmock.KubernetesEmulator):
         elif request.resource is not None and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
             if request.action == kmock.action.CREATE:
+                if not meta.get("name") and meta.get("generateName"):
+                    meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
                 meta.setdefault("uid", str(uuid.uuid4()))
                 meta.setdefault("creationTimestamp", datetime.datetime.now(datetime.UTC).isoformat())
                 meta["generation"] = 1
@@ -141,10 +166,12 @@ class Emulator(kmock.KubernetesEmulator):
             elif request.action == kmock.action.UPDATE:
                 meta["resourceVersion"] = str(next(self._versions))
                 key = (request.resource, request.namespace, request.name or "")
-                if "spec" in data and key in self.objects and not self.objects[key].deleted:
+                if key in self.objects and not self.objects[key].deleted:
                     live = self.objects[key]
-                    # A real API server bumps the generation on spec changes only.
-                    meta["generation"] = int(live.get("metadata", {}).get("generation", 0)) + 1
+                    _make_room(live.last, data)  # adaptation 10
+                    if "spec" in data:
+                        # A real API server bumps the generation on spec changes only.
+                        meta["generation"] = int(live.get("metadata", {}).get("generation", 0)) + 1
         try:
             response: aiohttp.web.StreamResponse = await super()._handle(request)
         except jsonpatch.JsonPatchTestFailed as exc:
@@ -152,6 +179,24 @@ class Emulator(kmock.KubernetesEmulator):
             # patch on its next cycle); kmock answers 500, which kopf retries as is, forever stale.
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
         return response
+
+
+def _make_room(live: MutableMapping[str, Any], patch: Mapping[str, Any]) -> None:
+    """Adaptation 10: where a merge patch and the live object disagree on whether a value is an object,
+    RFC 7386 takes the patch's; kmock refuses (500). The live value is made one the patch can overwrite."""
+    # kmock's version view wraps nested objects in copies; its `raw` shares them, so writes go through.
+    values = getattr(live, "raw", live)
+    for key, value in patch.items():
+        current = values.get(key)
+        if isinstance(value, Mapping) and isinstance(current, MutableMapping):
+            _make_room(current, value)
+        elif key in values and isinstance(value, Mapping) != isinstance(current, Mapping):
+            live[key] = {} if isinstance(value, Mapping) else None
+
+
+def _version(obj: Obj) -> int:
+    version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+    return int(version) if version.isdigit() else 0
 
 
 @contextlib.asynccontextmanager

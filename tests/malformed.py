@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
 from quasar_operator import crds
 
 Obj = dict[str, Any]
@@ -114,4 +115,37 @@ def cases(kind: str, base: Obj, status: Obj) -> list[Case]:
                 name = field_path((*path, UNKNOWN_FIELD))
                 if top == "spec":  # a status may carry fields a newer operator wrote: they are ignored
                     out.append(Case(f"{name}=unknown", body, name))
+    return out
+
+
+def depth(case: Case) -> int:
+    """How deep the case's field lies: 0 for `spec` or `status`, 1 for `spec.replicas`."""
+    return case.field.count(".") + case.field.count("[")
+
+
+def _example(name: str, namespace: str) -> Obj:
+    body: Obj = yaml.safe_load((crds.CRD_DIR / "examples" / f"{name}.yaml").read_text(encoding="utf-8"))
+    body["metadata"] = {"namespace": namespace}
+    return body
+
+
+def all_cases(namespace: str = "miners") -> list[Case]:
+    """Every malformed QuasarMiner and QuasarValidator: a bad spec on the full examples (every field set, so
+    every path exists), a bad status on the small ones (a valid spec, cheap to reconcile)."""
+    status = {
+        "observedGeneration": 1,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "ReplicasNotReady",
+                "message": "0/1 replicas ready",
+            }
+        ],
+    }
+    out: list[Case] = []
+    for kind, example in (("QuasarMiner", "quasarminer"), ("QuasarValidator", "quasarvalidator")):
+        full, small = _example(f"{example}-full", namespace), _example(example, namespace)
+        out += [c for c in cases(kind, full, status) if c.field.startswith("spec")]
+        out += [c for c in cases(kind, small, status) if c.field.startswith("status")]
     return out

@@ -2,13 +2,13 @@
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import kopf
 import pytest
 from quasar_operator.apply import ApiError, KubeApi, differs, matches, object_path
 from quasar_operator.cli import parse
-from quasar_operator.handlers import Client
+from quasar_operator.handlers import Client, drifts_only, scales_itself
 from quasar_operator.reconcile import (
     Resource,
     Result,
@@ -20,6 +20,8 @@ from quasar_operator.reconcile import (
 from quasar_operator.scaling import ScalingState
 from quasar_operator.settings import Settings
 from quasar_operator.status import Failure, Workload, compute
+
+from tests import malformed
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -231,6 +233,61 @@ def test_validator_invalid_spec() -> None:
     result = run(reconcile_validator(with_wallet(), resource, NOW, ScalingState()))
     assert result.failure is not None
     assert result.failure.message.startswith("spec.subnet: ")
+
+
+def test_every_malformed_object_names_its_field() -> None:
+    """Every generated malformed object (tests/malformed.py: each field of spec and status, at every depth, of
+    each JSON type its schema forbids, and unknown fields) through the pipeline and the timers' filters: a
+    failure naming the field, nothing raised. tests/test_operator.py runs a sample on the real operator."""
+    cases = malformed.all_cases("ns")
+    wrong: list[str] = []
+    for case in cases:
+        body = {**case.body, "metadata": {"name": "bad", "namespace": "ns", "uid": "uid-1", "generation": 2}}
+        pipeline = reconcile_miner if body["kind"] == "QuasarMiner" else reconcile_validator
+        api = FakeApi(
+            {object_path("Secret", "ns", name): {} for name in ("miner-wallet", "validator-wallet")}
+        )
+        result = run(pipeline(api, Resource.from_body(body), NOW, ScalingState()))
+        view = kopf.Body(cast(kopf.RawBody, body))
+        timers = {scales_itself(view), drifts_only(view)}
+        failure = result.failure
+        spec_fault = case.field.startswith("spec")
+        if (
+            failure is None
+            or case.field not in failure.message
+            or failure.reason != ("InvalidSpec" if spec_fault else "InvalidStatus")
+            # A bad spec waits for the user's fix; a bad status is replaced whole and reconciled again.
+            or (result.retry, result.replace_status) != (not spec_fault, not spec_fault)
+            or by_type(result)["Degraded"]["message"] != failure.message
+            or timers != {True, False}
+        ):
+            wrong.append(f"{case.name}: {failure}")
+    assert len(cases) > 1000
+    assert wrong == []
+
+
+def test_strict_types_no_bool_for_int() -> None:
+    # pydantic's lax mode took `true` for 1 and "2" for 2; the CRD's schema takes neither.
+    for replicas in (True, "2", 2.0):
+        result = run(reconcile_miner(with_wallet(), miner({"replicas": replicas}), NOW, ScalingState()))
+        assert result.failure is not None
+        assert result.failure.message.startswith("spec.replicas: must be an integer, not ")
+    # A quantity is an integer or a string (int-or-string), not a fraction.
+    result = run(reconcile_miner(with_wallet(), miner({"cache": {"size": 0.5}}), NOW, ScalingState()))
+    assert result.failure is not None
+    assert result.failure.message.startswith("spec.cache.size: ")
+    # A whole number is a valid float (JSON does not tell 2 from 2.0).
+    scaled = {"autoscaling": {"maxReplicas": 2, "target": 3}}
+    assert run(reconcile_miner(with_wallet(), miner(scaled), NOW, ScalingState())).failure is None
+
+
+def test_a_long_list_of_errors_is_cut_short() -> None:
+    result = run(
+        reconcile_miner(with_wallet(), miner({"neuron": {"args": list(range(50))}}), NOW, ScalingState())
+    )
+    assert result.failure is not None
+    assert result.failure.message.count("spec.neuron.args[") == 10
+    assert result.failure.message.endswith("; and 40 more")
 
 
 def test_transition_time_kept_while_a_condition_holds() -> None:

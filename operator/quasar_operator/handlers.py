@@ -167,7 +167,7 @@ async def _cleanup(kind: str, body: kopf.Body, client: Client, logger: kopf.Logg
             raise kopf.TemporaryError(f"cleanup of {path}: {exc}", delay=client.settings.retry_delay) from exc
 
 
-def _dynamic(body: kopf.Body, **_: Any) -> bool:
+def scales_itself(body: kopf.Body, **_: Any) -> bool:
     """Whether the miner scales or places itself. Read from the raw body, as the reconcile has not parsed it:
     a malformed spec (a string, `autoscaling: "on"`) is not dynamic, and its reconcile reports it."""
     spec = body.get("spec")
@@ -179,8 +179,8 @@ def _dynamic(body: kopf.Body, **_: Any) -> bool:
     return placed or scaled
 
 
-def _static(body: kopf.Body, **kwargs: Any) -> bool:
-    return not _dynamic(body, **kwargs)
+def drifts_only(body: kopf.Body, **kwargs: Any) -> bool:
+    return not scales_itself(body, **kwargs)
 
 
 def build_registry(
@@ -234,7 +234,7 @@ def _register(
         id="drift",
         interval=settings.drift_interval,
         initial_delay=settings.drift_interval,
-        when=_static,
+        when=drifts_only,
     )(repair)
     if kind == "QuasarMiner":
         kopf.timer(
@@ -243,6 +243,6 @@ def _register(
             id="scale",
             interval=settings.scale_interval,
             initial_delay=settings.scale_interval,
-            when=_dynamic,
+            when=scales_itself,
         )(repair)
     kopf.on.delete(*resource, registry=registry, id="cleanup")(delete)

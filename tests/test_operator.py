@@ -14,10 +14,11 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
-from quasar_operator.apply import KubeApi, object_path
+from quasar_operator.apply import PARTIAL_METADATA, KubeApi, object_path
 
 from tests import malformed
 from tests.k8s_emulator import (
+    TEST_AGENT,
     TEST_SETTINGS,
     Emulator,
     client,
@@ -262,6 +263,32 @@ async def test_missing_secret_then_created(cluster: tuple[Emulator, KubeApi]) ->
         )
         assert conditions(body)["Degraded"]["status"] == "False"
         assert await api.get(DEPLOYMENT) is not None
+
+
+async def test_a_coldkey_in_the_wallet_secret_is_refused_unread(cluster: tuple[Emulator, KubeApi]) -> None:
+    server, api = cluster
+    async with operator(server):
+        await api.create(object_path("Secret", NS), secret(coldkey="c2VjcmV0"))
+        await api.create(f"{CRS}/quasarminers", miner("m1"))
+        body = await wait_for(
+            api,
+            f"{CRS}/quasarminers/m1",
+            lambda b: conditions(b).get("Degraded", {}).get("reason") == "SecretHasColdkey",
+            "SecretHasColdkey",
+        )
+        assert "remove it from the Secret" in conditions(body)["Degraded"]["message"]
+        warned = await eventually(lambda: events(api, "m1"), what="an Event")
+        assert [(e["type"], e["reason"]) for e in warned] == [("Warning", "SecretHasColdkey")]
+        assert await gone(api, DEPLOYMENT)
+
+        # The key removed, the next retry reconciles (a Secret's change brings no event on the miner).
+        await api.merge_patch(object_path("Secret", NS, "wallet"), {"data": {"coldkey": None}})
+        await wait_for(api, DEPLOYMENT, lambda d: True, "the Deployment")
+
+    # The operator asked for the Secret's metadata only, every time: its values never came to it.
+    reads = [r for r in server if r.headers.get("User-Agent") != TEST_AGENT and "/secrets" in str(r.url)]
+    assert reads
+    assert {(r.method, r.headers.get("Accept")) for r in reads} == {("GET", PARTIAL_METADATA)}
 
 
 async def test_restart_converges_without_duplicates(cluster: tuple[Emulator, KubeApi]) -> None:

@@ -175,6 +175,45 @@ def test_missing_wallet_secret_is_retried_and_applies_nothing() -> None:
     assert api.applied == []
 
 
+def wallet_secret(*keys: str, manager_sections: tuple[str, ...] = ("f:data",)) -> Obj:
+    """A wallet Secret's metadata as the API server records it: its data key names in managedFields."""
+    fields = {section: {f"f:{key}": {} for key in keys} for section in manager_sections}
+    return {"metadata": {"managedFields": [{"manager": "kubectl", "fieldsV1": {**fields, "f:type": {}}}]}}
+
+
+@pytest.mark.parametrize(
+    ("keys", "reason", "named"),
+    [
+        (("hotkey", "coldkeypub.txt", "coldkey"), "SecretHasColdkey", "coldkey: remove it"),
+        (("hotkey", "coldkeypub.txt", "my-coldkey.json"), "SecretHasColdkey", "my-coldkey.json"),
+        (("coldkeypub.txt",), "SecretIncomplete", "has no key hotkey"),
+        (("hotkey",), "SecretIncomplete", "has no key coldkeypub.txt"),
+    ],
+)
+def test_a_wallet_secret_with_a_coldkey_or_without_a_key_is_refused(
+    keys: tuple[str, ...], reason: str, named: str
+) -> None:
+    api = FakeApi({WALLET: wallet_secret(*keys)})
+    result = run(reconcile_miner(api, miner(), NOW, ScalingState()))
+    assert result.failure is not None
+    assert (result.failure.reason, result.retry) == (reason, True)  # fixing the Secret brings no event
+    assert result.failure.message.startswith("spec.wallet.secretName: Secret ns/wallet ")
+    assert named in result.failure.message
+    assert api.applied == []
+
+
+def test_a_wallet_secret_is_known_by_its_key_names_only() -> None:
+    # FakeApi.get refuses to read a Secret whole: the check sees only the names in managedFields.
+    for secret in (
+        wallet_secret("hotkey", "coldkeypub.txt"),
+        wallet_secret("hotkey", "coldkeypub.txt", manager_sections=("f:stringData",)),
+        {"metadata": {}},  # no field records: keys unknown, the pods mount only their two items anyway
+        wallet_secret("hotkey", manager_sections=()),
+    ):
+        result = run(reconcile_miner(FakeApi({WALLET: secret}), miner(), NOW, ScalingState()))
+        assert result.failure is None, secret
+
+
 def test_a_deployment_that_cannot_be_built_degrades_after_the_services() -> None:
     api = with_wallet()
     result = run(reconcile_miner(api, miner({"engine": {"port": 8091}}), NOW, ScalingState()))

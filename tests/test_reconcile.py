@@ -177,7 +177,7 @@ def test_missing_wallet_secret_is_retried_and_applies_nothing() -> None:
 
 def wallet_secret(*keys: str, manager_sections: tuple[str, ...] = ("f:data",)) -> Obj:
     """A wallet Secret's metadata as the API server records it: its data key names in managedFields."""
-    fields = {section: {f"f:{key}": {} for key in keys} for section in manager_sections}
+    fields: Obj = {section: {f"f:{key}": {} for key in keys} for section in manager_sections}
     return {"metadata": {"managedFields": [{"manager": "kubectl", "fieldsV1": {**fields, "f:type": {}}}]}}
 
 
@@ -204,12 +204,13 @@ def test_a_wallet_secret_with_a_coldkey_or_without_a_key_is_refused(
 
 def test_a_wallet_secret_is_known_by_its_key_names_only() -> None:
     # FakeApi.get refuses to read a Secret whole: the check sees only the names in managedFields.
-    for secret in (
+    secrets: list[Obj] = [
         wallet_secret("hotkey", "coldkeypub.txt"),
         wallet_secret("hotkey", "coldkeypub.txt", manager_sections=("f:stringData",)),
         {"metadata": {}},  # no field records: keys unknown, the pods mount only their two items anyway
         wallet_secret("hotkey", manager_sections=()),
-    ):
+    ]
+    for secret in secrets:
         result = run(reconcile_miner(FakeApi({WALLET: secret}), miner(), NOW, ScalingState()))
         assert result.failure is None, secret
 

@@ -489,7 +489,8 @@ def _start_all(
     )
 
     def nodes_ready() -> bool:
-        ready = {node["metadata"]["name"] for node in cluster.nodes() if _is_ready(node)}
+        # Ready, and given its pod range by the node IPAM controller (which happens a moment after).
+        ready = {n["metadata"]["name"] for n in cluster.nodes() if _is_ready(n) and n["spec"].get("podCIDR")}
         return ready >= {name for name, _ in names}
 
     cluster.wait_for("hollow nodes", nodes_ready, deadline)

@@ -74,8 +74,9 @@ def kube(cluster: k8s.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Kube
 @pytest.fixture(scope="session")
 def crds_installed(kube: Kube) -> None:
     """The committed CRDs, applied server-side (too large for client-side apply's annotation), Established."""
-    kube.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+    files = [arg for path in sorted((REPO / "crds").glob("*.yaml")) for arg in ("-f", str(path))]
+    kube.kubectl("apply", "--server-side", *files)
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", *files)
 
 
 @pytest.fixture

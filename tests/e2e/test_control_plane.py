@@ -105,17 +105,20 @@ def test_the_api_server_reaches_nothing_outside_loopback(
         "spec": {"containers": [{"name": "web", "image": "web:1", "ports": [{"containerPort": 8080}]}]},
     }
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
-    kube.kubectl("wait", "-n", namespace, "pod/web", "--for=condition=Ready", "--timeout=60s")
+    kube.kubectl("wait", "-n", namespace, "pod/web", "--for=jsonpath={.status.podIP}", "--timeout=60s")
     pod_ip = get(kube, "-n", namespace, "pod/web")["status"]["podIP"]
     assert ipaddress.ip_address(pod_ip) not in LOOPBACK  # the fake runtime's address for every pod
 
     # The API server's proxy to the pod goes through the egress guard, which refuses the address.
-    with pytest.raises(urllib.error.HTTPError):
+    with pytest.raises(urllib.error.HTTPError) as refused:
         cluster.request("GET", f"/api/v1/namespaces/{namespace}/pods/web:8080/proxy/")
+    assert refused.value.code == 503
     assert f"{pod_ip}:8080" in cluster.refusals.read_text(encoding="utf-8").split()
-    # Its way to the kubelets (logs, exec) is open: they are on loopback.
+    # Its way to the kubelet (logs, exec) goes through and reaches the node on loopback. (A hollow kubelet
+    # serves plain HTTP, so the API server's TLS request then fails: docs/cluster.md, "Known limits".)
     logs = kube.kubectl("logs", "-n", namespace, "pod/web", check=False)
-    assert "error dialing backend" not in logs.stderr
+    assert "code 403" not in logs.stderr
+    assert "127.0.1." not in cluster.refusals.read_text(encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------ CRDs
@@ -132,12 +135,23 @@ def test_crds_are_established(kube: Kube) -> None:
 @pytest.mark.usefixtures("crds_installed")
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_examples_apply(kube: Kube, namespace: str, path: Path) -> None:
-    kube.kubectl("apply", "-n", namespace, "-f", str(path))
     body = test_crds.load(path)
+    body["metadata"]["namespace"] = namespace  # the full examples name namespaces of their own
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(body))
     stored = get(kube, "-n", namespace, body["kind"], body["metadata"]["name"])
-    # The server's structural defaulting fills in what the offline model of it (tests/test_crds.py) does.
+    # The server keeps what the example says and fills in what the offline model of its defaulting
+    # (tests/test_crds.py) fills in; it may default more (that model does not go into list items).
     schema = test_crds.root_schema(test_crds.CRD_OF_KIND[body["kind"]]())
-    assert stored["spec"] == test_crds.apply_defaults(schema, body)["spec"]
+    assert contains(stored["spec"], test_crds.apply_defaults(schema, body)["spec"])
+
+
+def contains(whole: Any, part: Any) -> bool:
+    """`whole` has every field of `part`, with the same values (lists item by item)."""
+    if isinstance(part, dict):
+        return isinstance(whole, dict) and all(k in whole and contains(whole[k], v) for k, v in part.items())
+    if isinstance(part, list):
+        return isinstance(whole, list) and len(whole) == len(part) and all(map(contains, whole, part))
+    return bool(whole == part)
 
 
 def parametrized(test: Callable[..., None]) -> list[Any]:
@@ -169,7 +183,7 @@ INVALID = [
 
 @pytest.mark.usefixtures("crds_installed")
 @pytest.mark.parametrize(
-    ("make", "spec"), INVALID, ids=lambda v: json.dumps(v) if isinstance(v, dict) else ""
+    ("make", "spec"), INVALID, ids=[f"{make.__name__}:{json.dumps(spec)}" for make, spec in INVALID]
 )
 def test_the_api_server_judges_bad_specs_as_the_cel_oracle_does(
     kube: Kube, namespace: str, make: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any]

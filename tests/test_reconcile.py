@@ -1,7 +1,11 @@
 """The reconcile pipeline and the status it computes, without kopf or an API server (a dict stands in)."""
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import kopf
@@ -22,6 +26,7 @@ from quasar_operator.settings import Settings
 from quasar_operator.status import Failure, Workload, compute
 
 from tests import malformed
+from tests.k8s_emulator import free_port
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -433,3 +438,59 @@ def test_an_unreachable_api_server_is_an_api_error() -> None:
             await api.close()
 
     run(scenario())
+
+
+# -------------------------------------------------------------------------------------------- no cluster
+
+QUASAR = Path(sys.executable).with_name("quasar")
+
+
+def _bare_env(home: Path) -> dict[str, str]:
+    """An environment with nothing in it but an empty home: no KUBECONFIG, no ~/.kube/config."""
+    return {"HOME": str(home), "PATH": os.defpath}
+
+
+def _operator_command(*flags: str) -> list[str]:
+    # Ports of its own, so that a run never collides with another operator on this machine.
+    ports = ["--metrics-port", str(free_port()), "--liveness-port", str(free_port())]
+    return [str(QUASAR), "operator", "run", *ports, *flags]
+
+
+def test_no_cluster_is_one_line_and_a_failure(tmp_path: Path) -> None:
+    done = subprocess.run(
+        _operator_command(), env=_bare_env(tmp_path), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode != 0
+    assert done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("quasar operator: no Kubernetes cluster found: ")
+    for looked in ("in-cluster service account", "KUBECONFIG not set", str(tmp_path / ".kube" / "config")):
+        assert looked in line
+    assert "--wait-for-cluster" in line
+
+    # A KUBECONFIG that names no file is said so, on one line too.
+    env = {**_bare_env(tmp_path), "KUBECONFIG": str(tmp_path / "nowhere")}
+    done = subprocess.run(
+        _operator_command(), env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode != 0
+    (line,) = done.stderr.splitlines()
+    assert str(tmp_path / "nowhere") in line
+
+
+def test_wait_for_cluster_keeps_trying(tmp_path: Path) -> None:
+    waiting = subprocess.Popen(
+        _operator_command("--wait-for-cluster"), env=_bare_env(tmp_path), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert waiting.stderr is not None
+        # It retries the login, one line each time, rather than exiting.
+        for line in waiting.stderr:
+            if "failed temporarily: no Kubernetes cluster found" in line:
+                break
+        else:
+            raise AssertionError(f"exited with {waiting.wait()} without retrying the login")
+        assert waiting.poll() is None
+    finally:
+        waiting.terminate()
+        waiting.wait(timeout=30)

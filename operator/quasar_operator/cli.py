@@ -3,13 +3,15 @@
 import argparse
 import asyncio
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import kopf
+import yaml
 from prometheus_client import start_http_server
 
-from quasar_operator.handlers import build_registry, configure
+from quasar_operator.handlers import build_registry, configure, find_credentials, looked_for
 from quasar_operator.settings import Settings
 
 
@@ -52,16 +54,41 @@ def parse(
     run_parser.add_argument("--liveness-port", type=int, default=defaults.liveness_port)
     run_parser.add_argument("--metrics-port", type=int, default=defaults.metrics_port)
     run_parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    run_parser.add_argument(
+        "--wait-for-cluster",
+        action="store_true",
+        help="with no cluster credentials, keep retrying the login instead of exiting",
+    )
     args = parser.parse_args(argv)
     namespaces = None if args.all_namespaces else tuple(args.namespaces or ()) or defaults.namespaces
     settings = replace(
-        defaults, namespaces=namespaces, liveness_port=args.liveness_port, metrics_port=args.metrics_port
+        defaults,
+        namespaces=namespaces,
+        liveness_port=args.liveness_port,
+        metrics_port=args.metrics_port,
+        wait_for_cluster=args.wait_for_cluster,
     )
     return settings, args.verbose
 
 
+def no_cluster() -> str | None:
+    """None when there are credentials to log in with; otherwise why not, on one line."""
+    try:
+        if find_credentials(kopf.OperatorSettings()) is not None:
+            return None
+        problems = looked_for()
+    except (OSError, LookupError, ValueError, TypeError, yaml.YAMLError) as exc:
+        # KUBECONFIG names a file that is missing or not a kubeconfig.
+        problems = [f"the kubeconfig could not be read ({exc})"]
+    return f"no Kubernetes cluster found: {'; '.join(problems)}"
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "quasar operator") -> int:
     settings, verbose = parse(argv, prog)
+    problem = None if settings.wait_for_cluster else no_cluster()
+    if problem is not None:
+        print(f"{prog}: {problem} (--wait-for-cluster waits for one)", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
     start_http_server(settings.metrics_port)
     asyncio.run(run(settings))

@@ -6,6 +6,7 @@ operator writes the resource's status, never its spec: `spec.replicas` belongs t
 resource (a person, an HPA or KEDA through the scale subresource).
 """
 
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -49,6 +50,27 @@ def _now() -> str:
     return rfc3339(time.time())
 
 
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def find_credentials(kopf_settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """In a pod its service account; on a workstation the kubeconfig (KUBECONFIG, else ~/.kube/config)."""
+    return kopf.login_with_service_account(settings=kopf_settings) or kopf.login_with_kubeconfig(
+        settings=kopf_settings
+    )
+
+
+def looked_for() -> list[str]:
+    """Where credentials were looked for, and what was found there (for the one-line error)."""
+    kubeconfig = os.environ.get("KUBECONFIG")
+    home = os.path.expanduser("~/.kube/config")
+    return [
+        f"no in-cluster service account ({SERVICE_ACCOUNT_TOKEN})",
+        f"KUBECONFIG={kubeconfig}" if kubeconfig else "KUBECONFIG not set",
+        f"no ~/.kube/config ({home})" if not os.path.exists(home) else f"~/.kube/config ({home})",
+    ]
+
+
 class Client:
     """The operator's own API client, opened on first use with the credentials kopf logged in with."""
 
@@ -64,12 +86,11 @@ class Client:
         is rotated by the kubelet): the operator's client then reopens with the fresh credentials."""
         if self.fixed is not None:
             return self.fixed
-        # In a pod the service account; on a workstation the kubeconfig.
-        fresh = kopf.login_with_service_account(settings=kopf_settings) or kopf.login_with_kubeconfig(
-            settings=kopf_settings
-        )
+        fresh = find_credentials(kopf_settings)
         if fresh is None:
-            raise kopf.LoginError("neither a service account nor a kubeconfig was found")
+            # Only with --wait-for-cluster (else the command stops first): one line per retry, no traceback.
+            message = f"no Kubernetes cluster found: {'; '.join(looked_for())}"
+            raise kopf.TemporaryError(message, delay=self.settings.retry_delay)
         if fresh != self.connection:
             await self.close()
             self.connection = fresh

@@ -46,6 +46,8 @@ class Settings:
     request_timeout: float = 30.0
     liveness_port: int = 8080
     metrics_port: int = 9090
+    # With no credentials at start, retry the login (kopf's backoff) instead of exiting with one line.
+    wait_for_cluster: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":

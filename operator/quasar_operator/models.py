@@ -189,8 +189,9 @@ class WalletSpec(_Base):
     secret_name: K8sName = Field(
         description=(
             f"Secret holding the hotkey file under key `{WALLET_HOTKEY_KEY}` and the coldkey's public key "
-            f"file under key `{WALLET_COLDKEYPUB_KEY}` (bittensor's wallet layout). Never put the coldkey "
-            "private key in it: the neurons only sign with the hotkey."
+            f"file under key `{WALLET_COLDKEYPUB_KEY}` (bittensor's wallet layout); the pods mount only "
+            "these two. Never put the coldkey private key in it: the neurons only sign with the hotkey, and "
+            "the operator refuses a Secret with a key named like a coldkey (it reads key names, not values)."
         )
     )
     name: str = Field(

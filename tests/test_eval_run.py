@@ -136,16 +136,17 @@ def test_offline_mode_without_a_cached_copy_asks_for_data(tmp_path: Path) -> Non
     assert "pass --data" in done.stderr
 
 
-@pytest.mark.parametrize("command", [["score", "preds"], ["run"]])
+@pytest.mark.parametrize("command", [["eval", "score", "preds"], ["eval", "run"], ["engine", "serve"]])
 def test_a_bad_flag_after_a_subcommand_shows_that_subcommands_usage(
     command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exited:
-        main(["eval", *command, "--bogus"])
+        main([*command, "--bogus"])
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"usage: quasar eval {command[0]} ")
-    assert f"quasar eval {command[0]}: error: unrecognized arguments: --bogus" in err
+    name = " ".join(command[:2])
+    assert err.startswith(f"usage: quasar {name} ")
+    assert f"quasar {name}: error: unrecognized arguments: --bogus" in err
 
 
 def test_run_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:

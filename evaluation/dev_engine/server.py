@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from evaluation.cli import SubcommandParser
 from evaluation.dev_engine import model
 from evaluation.dev_engine.model import Generator, ServedModel
 from evaluation.dev_engine.openai_api import OpenAIRoutes
@@ -103,7 +104,7 @@ def main(argv: Sequence[str], prog: str) -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description="A local inference engine speaking TGI's and OpenAI's HTTP APIs."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=SubcommandParser)
     serve = commands.add_parser(
         "serve",
         help="serve a model over TGI's and OpenAI's HTTP APIs until interrupted",

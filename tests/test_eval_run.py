@@ -136,7 +136,9 @@ def test_offline_mode_without_a_cached_copy_asks_for_data(tmp_path: Path) -> Non
     assert "pass --data" in done.stderr
 
 
-@pytest.mark.parametrize("command", [["eval", "score", "preds"], ["eval", "run"], ["engine", "serve"]])
+@pytest.mark.parametrize(
+    "command", [["eval", "score", "preds"], ["eval", "run"], ["engine", "serve"], ["operator", "run"]]
+)
 def test_a_bad_flag_after_a_subcommand_shows_that_subcommands_usage(
     command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,6 +11,7 @@ import kopf
 import yaml
 from prometheus_client import start_http_server
 
+from evaluation.cli import SubcommandParser
 from quasar_operator.handlers import build_registry, configure, find_credentials, looked_for
 from quasar_operator.settings import Settings
 
@@ -43,7 +44,7 @@ def parse(
 ) -> tuple[Settings, bool]:
     """The settings (the environment's, overridden by the flags) and whether to log at debug level."""
     parser = argparse.ArgumentParser(prog=prog, description="The QUASAR Kubernetes operator.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=SubcommandParser)
     run_parser = commands.add_parser("run", help="reconcile QuasarMiners and QuasarValidators")
     scope = run_parser.add_mutually_exclusive_group()
     scope.add_argument(

@@ -333,7 +333,9 @@ Quantize = Literal[
     "fp8",
 ]
 Dtype = Literal["float16", "bfloat16"]
-ExtraArgs = list[Annotated[str, Field(max_length=1024)]]
+# 512 characters a flag: the CEL rule over every pool's extraArgs must fit the API server's cost budget
+# (1024 exceeded it 1.34x on kube-apiserver v1.37).
+ExtraArgs = list[Annotated[str, Field(max_length=512)]]
 
 
 def _managed_flags(args: Iterable[str]) -> bool:
@@ -511,8 +513,11 @@ class MinerNeuronSpec(NeuronSpec):
 
 
 def _default(model: type[BaseModel]) -> Any:
-    # An all-defaults sub-object: `{}` in the CRD so the API server fills its fields' defaults in too.
-    return Field(default_factory=model, json_schema_extra={"default": {}})
+    # An all-defaults sub-object. The CRD's default is the object with its defaults filled in, not `{}`: the
+    # API server checks a default against the schema's CEL rules, and a rule reading a defaulted field of
+    # `{}` fails with "no such key" (kube-apiserver v1.37 refused both CRDs so).
+    defaults = model().model_dump(mode="json", by_alias=True, exclude_none=True)
+    return Field(default_factory=model, json_schema_extra={"default": defaults})
 
 
 GPU_RESOURCE = "nvidia.com/gpu"

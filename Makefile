@@ -1,4 +1,5 @@
-# Two commands matter on a fresh machine: `make run` (the main job) and `make test` (ruff, mypy, pytest).
+# Two commands matter on a fresh machine: `make run` (the main job) and `make test` (ruff, mypy, pytest, and
+# the tier on a real Kubernetes control plane, built from source the first time: docs/cluster.md).
 VENV ?= .venv
 BIN := $(VENV)/bin
 
@@ -34,7 +35,7 @@ typecheck: install
 unit: install
 	$(BIN)/pytest
 
-test: lint typecheck unit
+test: lint typecheck unit e2e
 
 # A real control plane on loopback (docs/cluster.md). The first run on a machine builds Kubernetes from the Go
 # module proxy (cached in ~/.cache/quasar/k8s); `cluster` prints its kubeconfig and runs until Ctrl-C.

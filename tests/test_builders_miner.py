@@ -1,5 +1,7 @@
 """The QuasarMiner builders: every spec field lands where it should, and every object is valid Kubernetes."""
 
+import hashlib
+import json
 from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
@@ -16,14 +18,21 @@ from quasar_operator.builders import (
     miner_selector,
     miner_service,
 )
+from quasar_operator.builders.engines.tgi import DRAIN_S as ENGINE_DRAIN_S
 from quasar_operator.builders.miner import (
-    ENGINE_DRAIN_S,
     POOL_LABEL,
     PRESTOP_SLEEP_S,
     miner_disruption_budget,
 )
 from quasar_operator.crds import CRD_DIR
-from quasar_operator.models import AXON_PORT, NEURON_IMAGE, TGI_IMAGE, QuasarMinerSpec
+from quasar_operator.models import (
+    AXON_PORT,
+    NEURON_IMAGE,
+    SGLANG_IMAGE,
+    TGI_IMAGE,
+    VLLM_IMAGE,
+    QuasarMinerSpec,
+)
 
 from neurons.miner import build_parser
 
@@ -643,3 +652,156 @@ def test_the_disruption_budget_spares_all_but_one_pod() -> None:
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == deployment(spec(FULL))["spec"]["selector"]["matchLabels"]
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+# ------------------------------------------------------------------------------------ engines
+
+
+def canonical_sha256(objects: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(objects, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# The Deployments (one per pool) and metrics Service the TGI examples built before vLLM and SGLang existed
+# (commit dfe6933): an object written then must keep exactly its pods.
+TGI_EXAMPLE_OBJECTS = {
+    "quasarminer.yaml": "d362bc6fbdef8021b567f60cb860504e80c564821cd3280fb61ccb8926b0e770",
+    "quasarminer-full.yaml": "79f1dbb82813dc844ff5973198736b079ad817343a67a658e5e8bf5f80cc2fc7",
+}
+
+
+@pytest.mark.parametrize("example", sorted(TGI_EXAMPLE_OBJECTS))
+def test_the_tgi_examples_build_the_same_objects_as_before_other_engines(example: str) -> None:
+    s = QuasarMinerSpec.model_validate(yaml.safe_load((CRD_DIR / "examples" / example).read_text())["spec"])
+    endpoint = Endpoint("203.0.113.5", 8091)
+    pools = s.placement.pools if s.placement is not None else []
+    objects = [
+        miner_deployment("m", "ns", "uid", s, endpoint),
+        *(miner_deployment("m", "ns", "uid", s, endpoint, pool=p) for p in pools),
+        miner_metrics_service("m", "ns", "uid", s),
+    ]
+    assert canonical_sha256(objects) == TGI_EXAMPLE_OBJECTS[example]
+
+
+SEEDISH: dict[str, Any] = {
+    **MINIMAL,
+    "model": {
+        "id": "Qwen/Qwen3-Next-80B-A3B-Thinking",
+        "revision": "abc123",
+        "maxTotalTokens": 262_144,
+        "dtype": "bfloat16",
+        "quantize": "fp8",
+        "ropeScaling": {"type": "yarn", "factor": 4.0, "originalMaxPositionEmbeddings": 262_144},
+        "gpuMemoryFraction": 0.9,
+        "trustRemoteCode": True,
+        "gpusPerReplica": 4,
+        "extraArgs": ["--max-num-seqs=8"],
+    },
+}
+# Each engine's flag for each model field, and the value the spec above gives it.
+ENGINE_FLAGS = {
+    "vllm": {
+        "--revision": "abc123",
+        "--tensor-parallel-size": "4",
+        "--quantization": "fp8",
+        "--dtype": "bfloat16",
+        "--max-model-len": "262144",
+        "--rope-scaling": '{"rope_type":"yarn","factor":4.0,"original_max_position_embeddings":262144}',
+        "--gpu-memory-utilization": "0.9",
+        "--host": "0.0.0.0",
+        "--port": "8000",
+    },
+    "sglang": {
+        "--model-path": "Qwen/Qwen3-Next-80B-A3B-Thinking",
+        "--revision": "abc123",
+        "--tp-size": "4",
+        "--quantization": "fp8",
+        "--dtype": "bfloat16",
+        "--context-length": "262144",
+        "--json-model-override-args": '{"rope_scaling":{"rope_type":"yarn","factor":4.0,'
+        '"original_max_position_embeddings":262144}}',
+        "--mem-fraction-static": "0.9",
+        "--host": "0.0.0.0",
+        "--port": "30000",
+    },
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ENGINE_FLAGS))
+def test_each_engine_gets_every_model_field_under_its_own_flag(kind: str) -> None:
+    s = spec(SEEDISH, engine={"kind": kind})
+    engine = containers(s)["engine"]
+    args = engine["args"]
+    assert {name: flag(args, name) for name in ENGINE_FLAGS[kind]} == ENGINE_FLAGS[kind]
+    assert "--trust-remote-code" in args
+    assert args[-1] == "--max-num-seqs=8"  # extra args last, so the engine's own parser has the last word
+    assert engine["image"] == {"vllm": VLLM_IMAGE, "sglang": SGLANG_IMAGE}[kind]
+    assert (
+        engine["command"]
+        == {"vllm": ["vllm", "serve"], "sglang": ["python3", "-m", "sglang.launch_server"]}[kind]
+    )
+    if kind == "vllm":
+        assert args[0] == "Qwen/Qwen3-Next-80B-A3B-Thinking"  # `vllm serve`'s positional model
+    else:
+        assert "--enable-metrics" in args  # SGLang's Prometheus metrics are off otherwise
+
+
+@pytest.mark.parametrize("kind", ["tgi", "vllm", "sglang"])
+def test_remote_code_runs_only_when_the_spec_opts_in(kind: str) -> None:
+    model = {"id": "m", "gpusPerReplica": 1}
+    off = containers(spec(model=model, engine={"kind": kind}))["engine"]["args"]
+    on = containers(spec(model={**model, "trustRemoteCode": True}, engine={"kind": kind}))["engine"]["args"]
+    assert "--trust-remote-code" not in off
+    assert "--trust-remote-code" in on
+
+
+@pytest.mark.parametrize(
+    ("kind", "startup", "readiness"),
+    [("vllm", "/health", "/health"), ("sglang", "/health", "/v1/models")],
+)
+def test_openai_engines_probe_their_own_health_and_serve_metrics_on_their_port(
+    kind: str, startup: str, readiness: str
+) -> None:
+    s = spec(SEEDISH, engine={"kind": kind, "startupTimeoutSeconds": 7200})
+    engine = containers(s)["engine"]
+    assert engine["startupProbe"]["httpGet"] == {"path": startup, "port": "engine"}
+    assert engine["startupProbe"]["periodSeconds"] * engine["startupProbe"]["failureThreshold"] >= 7200
+    assert engine["readinessProbe"]["httpGet"] == {"path": readiness, "port": "engine"}
+    assert engine["livenessProbe"]["tcpSocket"] == {"port": "engine"}
+    assert [p["name"] for p in engine["ports"]] == ["engine"]
+    metrics = miner_metrics_service(NAME, NAMESPACE, UID, s)["spec"]["ports"][0]
+    assert (metrics["name"], metrics["targetPort"]) == ("engine-metrics", "engine")
+    mounts = {m["name"]: m["mountPath"] for m in engine["volumeMounts"]}
+    assert mounts == {"cache": "/data", "shm": "/dev/shm"}
+    assert {"name": "HF_HOME", "value": "/data"} in engine["env"]
+    for obj in all_objects(s):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(("kind", "api"), [("vllm", None), ("vllm", "completions"), ("sglang", "chat")])
+def test_the_sidecar_asks_the_engine_through_its_kind_and_api(kind: str, api: str | None) -> None:
+    engine_spec = {"kind": kind} if api is None else {"kind": kind, "api": api}
+    s = spec(SEEDISH, engine=engine_spec)
+    args = build_parser("quasar miner").parse_args(containers(s)["miner"]["args"])
+    assert (args.engine_kind, args.engine_api) == (kind, api or "chat")
+    assert args.engine_url == f"http://127.0.0.1:{s.engine.container_port}"
+    assert args.model_name == "Qwen/Qwen3-Next-80B-A3B-Thinking"
+
+
+def test_tgi_sidecar_gets_no_api_flag() -> None:
+    assert "--engine.api" not in containers(spec())["miner"]["args"]
+
+
+def test_a_pool_setting_the_memory_fraction_the_model_sets_is_refused() -> None:
+    raw = {
+        **SEEDISH,
+        "engine": {"kind": "vllm"},
+        "cache": {"accessMode": "ReadWriteMany"},
+        "placement": {
+            "pools": [
+                {"name": "a100", "maxReplicas": 1, "model": {"extraArgs": ["--gpu-memory-utilization=0.8"]}}
+            ]
+        },
+    }
+    s = spec(raw)
+    with pytest.raises(BuildError, match=r"pools\[a100\]\.model\.extraArgs"):
+        miner_deployment(NAME, NAMESPACE, UID, s, ENDPOINT, pool=s.placement.pools[0])  # type: ignore[union-attr]

@@ -35,7 +35,17 @@ MODELS: dict[str, type[QuasarMiner] | type[QuasarValidator]] = {
 CRD_OF_KIND = {"QuasarMiner": crds.miner_crd, "QuasarValidator": crds.validator_crd}
 # Fields a full example cannot set alongside others it sets: an existing claim instead of a created PVC; a
 # quantized model instead of a dtype'd one.
-ALTERNATIVES = {"cache.existing_claim", "model.quantize"}
+# The TGI full example also leaves what TGI cannot take (engine.api, a yarn rope's original context) and what
+# it sets through extraArgs since before the field existed (--cuda-memory-fraction); it predates
+# trustRemoteCode, which the seed examples set.
+ALTERNATIVES = {
+    "cache.existing_claim",
+    "model.quantize",
+    "engine.api",
+    "model.rope_scaling.original_max_position_embeddings",
+    "model.gpu_memory_fraction",
+    "model.trust_remote_code",
+}
 # The only places whose contents the API server should keep without a schema: core/v1 objects passed through.
 FREE_FORM = {
     "spec.pod.affinity",
@@ -208,7 +218,7 @@ def test_names_and_subresources() -> None:
 
 def test_printer_columns_point_at_fields_that_exist() -> None:
     expected = {
-        "QuasarMiner": ["Model", "Desired", "Ready", "Endpoint", "Status", "Age"],
+        "QuasarMiner": ["Model", "Engine", "Remote Code", "Desired", "Ready", "Endpoint", "Status", "Age"],
         "QuasarValidator": ["Netuid", "Ready", "Last Weights", "Age"],
     }
     for kind, build in CRD_OF_KIND.items():
@@ -249,35 +259,34 @@ def test_every_field_is_described(build: Any) -> None:
 
 
 def test_cel_rules() -> None:
-    assert rules(crds.miner_crd()) == {
-        "spec.model": [
-            "!has(self.maxInputTokens) || "
-            "(has(self.maxTotalTokens) && self.maxInputTokens < self.maxTotalTokens)",
-            "!has(self.shards) || self.shards <= self.gpusPerReplica",
-            "!has(self.extraArgs) || self.extraArgs.all(a, !a.matches('^--(model-id|revision|port|hostname|"
-            "num-shard|max-input-tokens|max-total-tokens|quantize|dtype|rope-scaling|rope-factor)(=|$)'))",
-        ],
-        "spec.exposure": [
-            "self.serviceType == 'NodePort' || !has(self.nodePort)",
-            "self.serviceType != 'NodePort' || (has(self.externalIP) && has(self.nodePort))",
-        ],
-        "spec.cache": ["!has(self.existingClaim) || !has(self.storageClassName)"],
-        "spec": [
-            "!has(self.placement) || size(self.placement.pools) < 2 || has(self.cache.existingClaim) "
-            "|| self.cache.accessMode == 'ReadWriteMany'"
-        ],
-        "spec.placement": ["self.pools.all(p, self.pools.exists_one(q, q.name == p.name))"],
-        "spec.placement.pools[].model": [
-            "!has(self.shards) || !has(self.gpusPerReplica) || self.shards <= self.gpusPerReplica",
-            "!has(self.extraArgs) || self.extraArgs.all(a, !a.matches('^--(model-id|revision|port|hostname|"
-            "num-shard|max-input-tokens|max-total-tokens|quantize|dtype|rope-scaling|rope-factor)(=|$)'))",
-        ],
-        "spec.autoscaling": ["self.minReplicas <= self.maxReplicas"],
+    """Where the rules sit: a rule needing both the engine and a model field sits on spec, where both are."""
+    miner = rules(crds.miner_crd())
+    assert {path: len(found) for path, found in miner.items()} == {
+        "spec.model": 4,
+        "spec.model.ropeScaling": 1,
+        "spec.engine": 1,
+        "spec.exposure": 2,
+        "spec.cache": 1,
+        "spec": 6,
+        "spec.placement": 1,
+        "spec.placement.pools[].model": 2,
+        "spec.autoscaling": 1,
     }
+    assert sum("self.engine.kind" in rule for rule in miner["spec"]) == 5
+    # No regular expression over extraArgs: the API server prices a match at string length x pattern length.
+    assert not any("matches(" in rule for found in miner.values() for rule in found)
     assert rules(crds.validator_crd()) == {
         "spec.data": ["!self.path.startsWith('/') && !self.path.contains('..')"],
         "spec.wandb": ["self.mode != 'online' || has(self.apiKeySecret)"],
     }
+
+
+def test_printer_columns_show_the_engine_and_remote_code() -> None:
+    columns = {
+        c["name"]: c["jsonPath"] for c in crds.miner_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
+    }
+    assert columns["Engine"] == ".spec.engine.kind"
+    assert columns["Remote Code"] == ".spec.model.trustRemoteCode"
 
 
 def test_weights_are_objects_of_known_names() -> None:
@@ -330,7 +339,12 @@ def test_api_server_defaults_agree_with_the_models(name: str) -> None:
 def test_minimal_miner_defaults() -> None:
     miner = QuasarMiner.model_validate(load(EXAMPLES / "quasarminer.yaml"))
     spec = miner.spec
-    assert (spec.engine.kind, spec.engine.image, spec.engine.port) == ("tgi", TGI_IMAGE, 80)
+    assert (spec.engine.kind, spec.engine.container_image, spec.engine.container_port) == (
+        "tgi",
+        TGI_IMAGE,
+        80,
+    )
+    assert (spec.engine.image, spec.engine.port) == (None, None)  # the kind's defaults, whatever the kind
     assert spec.neuron.image == NEURON_IMAGE
     assert spec.replicas == 1
     assert spec.exposure.service_type == "LoadBalancer"
@@ -424,14 +438,14 @@ def test_missing_wallet_is_rejected_by_models_and_schema() -> None:
             "spec.model: Value error, extraArgs cannot set flags the operator derives from the spec",
         ),
         (
-            {"model": {"id": "m", "ropeScaling": {"type": "yarn", "factor": 2}}},
+            {"model": {"id": "m", "ropeScaling": {"type": "ntk", "factor": 2}}},
             "spec.model.ropeScaling.type: ",
         ),
         (
             {"model": {"id": "m", "ropeScaling": {"type": "linear", "factor": 0}}},
             "spec.model.ropeScaling.factor: ",
         ),
-        ({"engine": {"kind": "vllm"}}, "spec.engine.kind: Input should be 'tgi'"),
+        ({"engine": {"kind": "trt"}}, "spec.engine.kind: Input should be 'tgi', 'vllm' or 'sglang'"),
         ({"engine": {"shmSize": "1GB"}}, "spec.engine.shmSize: String should match pattern"),
         (
             {"exposure": {"nodePort": 30091}},
@@ -487,8 +501,8 @@ def test_bad_validator_specs(spec: Obj, expected: str) -> None:
 
 
 def test_schema_rejects_what_it_can_without_cel() -> None:
-    assert schema_errors("QuasarMiner", miner_with(engine={"kind": "vllm"})) == [
-        "spec.engine.kind: 'vllm' is not one of ['tgi']"
+    assert schema_errors("QuasarMiner", miner_with(engine={"kind": "trt"})) == [
+        "spec.engine.kind: 'trt' is not one of ['tgi', 'vllm', 'sglang']"
     ]
     assert schema_errors("QuasarMiner", miner_with(exposure={"externalIP": "not-an-ip"}))
     assert schema_errors("QuasarMiner", miner_with(cache={"size": "200GB"}))
@@ -546,5 +560,106 @@ def test_placement_and_autoscaling_accept_good_specs() -> None:
         cache={"accessMode": "ReadWriteMany"},
         autoscaling={"minReplicas": 1, "maxReplicas": 6},
     )
+    assert api_server_errors("QuasarMiner", body) == []
+    MODELS["QuasarMiner"].model_validate(body)
+
+
+# ------------------------------------------------------------------------------------------ engines
+
+VLLM_MODEL = {"id": "moonshotai/Kimi-Linear-48B-A3B-Instruct", "maxTotalTokens": 1_048_576}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"engine": {"kind": "vllm"}, "model": {**VLLM_MODEL, "maxInputTokens": 1000}},
+            "spec: engines vllm and sglang take no model.maxInputTokens",
+        ),
+        (
+            {"engine": {"kind": "sglang"}, "model": {**VLLM_MODEL, "maxInputTokens": 1000}},
+            "spec: engines vllm and sglang take no model.maxInputTokens",
+        ),
+        (
+            {
+                "model": {
+                    "id": "m",
+                    "ropeScaling": {"type": "yarn", "factor": 4, "originalMaxPositionEmbeddings": 8},
+                }
+            },
+            "spec: engine tgi cannot take model.ropeScaling.type yarn",
+        ),
+        (
+            {"engine": {"kind": "vllm"}, "model": {**VLLM_MODEL, "quantize": "exl2"}},
+            "spec: engine vllm cannot take that quantize",
+        ),
+        (
+            {
+                "engine": {"kind": "sglang"},
+                "model": VLLM_MODEL,
+                "placement": {"pools": [{**POOL, "model": {"quantize": "eetq"}}]},
+            },
+            "spec: engine sglang cannot take that quantize",
+        ),
+        (
+            {
+                "engine": {"kind": "vllm"},
+                "model": VLLM_MODEL,
+                "autoscaling": {"maxReplicas": 2, "metric": "queueTime"},
+            },
+            "spec: autoscaling.metric queueTime reads TGI's tgi_request_queue_duration",
+        ),
+        ({"engine": {"api": "chat"}}, "spec.engine: engine tgi takes no api"),
+        (
+            {"model": {"id": "m", "ropeScaling": {"type": "yarn", "factor": 4}}, "engine": {"kind": "vllm"}},
+            "spec.model.ropeScaling: originalMaxPositionEmbeddings is needed by type yarn",
+        ),
+        (
+            {"model": {"id": "m", "gpuMemoryFraction": 0.9, "extraArgs": ["--cuda-memory-fraction=0.8"]}},
+            "spec.model: extraArgs cannot set the GPU memory fraction that gpuMemoryFraction sets",
+        ),
+        (
+            {"model": {"id": "m", "extraArgs": ["--trust-remote-code"]}},
+            "spec.model: extraArgs cannot set flags the operator derives from the spec",
+        ),
+        (
+            {"engine": {"kind": "vllm"}, "model": {"id": "m", "extraArgs": ["-tp=2"]}},
+            "spec.model: extraArgs cannot set flags the operator derives from the spec",
+        ),
+    ],
+)
+def test_engine_rules_agree_in_cel_and_models(spec: Obj, message: str) -> None:
+    body = miner_with(**spec)
+    (error,) = cel_errors("QuasarMiner", body)
+    assert error.startswith(message)
+    where, problem = message.split(": ", 1)
+    assert problem in errors_of(body)
+    assert errors_of(body).startswith(where)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"engine": {"kind": "vllm", "api": "completions"}, "model": {**VLLM_MODEL, "quantize": "fp8"}},
+        {"engine": {"kind": "sglang"}, "model": {**VLLM_MODEL, "quantize": "marlin"}},
+        {"model": {"id": "m", "gpuMemoryFraction": 0.9, "extraArgs": ["--max-batch-prefill-tokens=4096"]}},
+        # Flags that only start like managed ones are the user's.
+        {
+            "engine": {"kind": "vllm"},
+            "model": {"id": "m", "extraArgs": ["--model-impl=vllm", "--hosts", "-qq"]},
+        },
+        {"model": {"id": "m", "extraArgs": ["--cuda-memory-fraction=0.95"]}},  # as TGI specs always could
+        {
+            "engine": {"kind": "vllm"},
+            "model": {
+                **VLLM_MODEL,
+                "ropeScaling": {"type": "yarn", "factor": 4, "originalMaxPositionEmbeddings": 262144},
+            },
+            "autoscaling": {"maxReplicas": 2, "metric": "batchSize"},
+        },
+    ],
+)
+def test_engine_specs_each_engine_takes(spec: Obj) -> None:
+    body = miner_with(**spec)
     assert api_server_errors("QuasarMiner", body) == []
     MODELS["QuasarMiner"].model_validate(body)

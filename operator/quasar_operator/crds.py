@@ -197,6 +197,13 @@ def miner_crd() -> Schema:
         },
         [
             _column("Model", ".spec.model.id", "string", "Model the engine serves."),
+            _column("Engine", ".spec.engine.kind", "string", "Engine kind: tgi, vllm or sglang."),
+            _column(
+                "Remote Code",
+                ".spec.model.trustRemoteCode",
+                "boolean",
+                "Whether the engine runs the model repository's own Python code (trustRemoteCode).",
+            ),
             _column(
                 "Desired",
                 ".status.desiredReplicas",

@@ -14,7 +14,6 @@ Both use the message of the same `Rule`.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -40,10 +39,18 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 CATEGORY = "quasar"
 
-# A recent TGI 3.x release, pinned (never `latest`) so that every replica, and every reconcile after an
-# operator upgrade, runs the same engine unless the spec says otherwise.
+# Each engine's image, pinned (never `latest`) so that every replica, and every reconcile after an operator
+# upgrade, runs the same engine unless the spec says otherwise. TGI: a recent 3.x release. vLLM: 0.11.2, the
+# release vLLM's Kimi-Linear recipe names (0.12.0 has a Kimi-Linear bug); it serves Qwen3-Next too. SGLang:
+# a 0.5.5 release (Qwen3-Next since 0.5.2). Tags, not digests: none was verified here.
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.5"
+VLLM_IMAGE = "vllm/vllm-openai:v0.11.2"
+SGLANG_IMAGE = "lmsysorg/sglang:v0.5.5.post3"
 TGI_PORT = 80
+EngineKind = Literal["tgi", "vllm", "sglang"]
+ENGINE_IMAGES: dict[str, str] = {"tgi": TGI_IMAGE, "vllm": VLLM_IMAGE, "sglang": SGLANG_IMAGE}
+# Each engine's own default port (TGI's image, `vllm serve`, `sglang.launch_server`).
+ENGINE_PORTS: dict[str, int] = {"tgi": TGI_PORT, "vllm": 8000, "sglang": 30000}
 # The image built from this repository (images/), tagged with the package version.
 NEURON_IMAGE = "ghcr.io/quasar-subnet/quasar:0.1.0"
 # The miner's axon port (`quasar miner --axon.port` default).
@@ -53,7 +60,10 @@ AXON_PORT = 8091
 WALLET_HOTKEY_KEY = "hotkey"
 WALLET_COLDKEYPUB_KEY = "coldkeypub.txt"
 
-# Engine flags the operator derives from the spec: letting `extraArgs` repeat them would make the spec lie.
+# Engine flags the operator derives from the spec, of every engine: letting `extraArgs` repeat them would make
+# the spec lie (and TGI refuses a repeated flag). One list for all engines keeps the rule local to
+# spec.model; no engine has another engine's flag under another meaning. TGI's first, then vLLM's (with
+# its short forms) and SGLang's.
 MANAGED_ENGINE_FLAGS = (
     "--model-id",
     "--revision",
@@ -66,7 +76,23 @@ MANAGED_ENGINE_FLAGS = (
     "--dtype",
     "--rope-scaling",
     "--rope-factor",
+    "--trust-remote-code",
+    "--model",
+    "--host",
+    "--tensor-parallel-size",
+    "-tp",
+    "--max-model-len",
+    "--quantization",
+    "-q",
+    "--served-model-name",
+    "--model-path",
+    "--tp-size",
+    "--context-length",
+    "--json-model-override-args",
 )
+# The GPU memory fraction flags, managed only when model.gpuMemoryFraction is set (TGI specs have long passed
+# --cuda-memory-fraction in extraArgs).
+MEMORY_FRACTION_FLAGS = ("--cuda-memory-fraction", "--gpu-memory-utilization", "--mem-fraction-static")
 
 
 def _camel(name: str) -> str:
@@ -310,12 +336,34 @@ _SHARDS = Rule(
     message="shards cannot exceed gpusPerReplica",
     field_path=".shards",
 )
-# One regular expression, read alike by CEL (RE2) and Python's re: `--flag`, `--flag=value`.
-_MANAGED_FLAG_RE = "^--(" + "|".join(f.removeprefix("--") for f in MANAGED_ENGINE_FLAGS) + ")(=|$)"
+
+
+def _sets_flag_cel(flags: Iterable[str]) -> str:
+    """CEL: whether the arg `a` is one of `flags`, as `--flag` or `--flag=value`.
+
+    Comparisons and prefixes rather than one regular expression: the API server estimates a regex match at
+    the string's length times the pattern's, and these rules run over every pool's extraArgs (a regex over
+    all engines' flags would exceed its cost budget)."""
+    listed = "[" + ", ".join(f"'{f}'" for f in flags) + "]"
+    return f"{listed}.exists(f, a == f || a.startsWith(f + '='))"
+
+
+def _sets_flag(args: Iterable[str], flags: Iterable[str]) -> bool:
+    """What `_sets_flag_cel` says, for the models."""
+    return any(a.split("=", 1)[0] in flags for a in args)
+
+
 _EXTRA_ARGS = Rule(
-    rule=f"!has(self.extraArgs) || self.extraArgs.all(a, !a.matches('{_MANAGED_FLAG_RE}'))",
+    rule=f"!has(self.extraArgs) || self.extraArgs.all(a, !{_sets_flag_cel(MANAGED_ENGINE_FLAGS)})",
     message="extraArgs cannot set flags the operator derives from the spec: "
     + ", ".join(MANAGED_ENGINE_FLAGS),
+    field_path=".extraArgs",
+)
+_MEMORY_FRACTION = Rule(
+    rule="!has(self.gpuMemoryFraction) || !has(self.extraArgs) "
+    f"|| self.extraArgs.all(a, !{_sets_flag_cel(MEMORY_FRACTION_FLAGS)})",
+    message="extraArgs cannot set the GPU memory fraction that gpuMemoryFraction sets: "
+    + ", ".join(MEMORY_FRACTION_FLAGS),
     field_path=".extraArgs",
 )
 
@@ -339,39 +387,109 @@ ExtraArgs = list[Annotated[str, Field(max_length=512)]]
 
 
 def _managed_flags(args: Iterable[str]) -> bool:
-    return any(re.search(_MANAGED_FLAG_RE, a) for a in args)
+    return _sets_flag(args, MANAGED_ENGINE_FLAGS)
+
+
+def sets_memory_fraction(args: Iterable[str]) -> bool:
+    """Whether `args` set a GPU memory fraction flag (any engine's)."""
+    return _sets_flag(args, MEMORY_FRACTION_FLAGS)
+
+
+# What vLLM and SGLang take of TGI's quantisation names (`--quantization` choices; tests/test_engine_args.py
+# holds the engines' own lists, with their sources).
+ENGINE_QUANTIZE: dict[str, tuple[str, ...]] = {
+    "vllm": ("awq", "compressed-tensors", "gptq", "bitsandbytes", "fp8"),
+    "sglang": ("awq", "compressed-tensors", "gptq", "marlin", "bitsandbytes", "fp8"),
+}
+
+_YARN_ORIGINAL = Rule(
+    rule="(self.type == 'yarn') == has(self.originalMaxPositionEmbeddings)",
+    message="originalMaxPositionEmbeddings is needed by type yarn and taken by no other type",
+    field_path=".originalMaxPositionEmbeddings",
+)
 
 
 class RopeScaling(_Base):
     """RoPE scaling, to serve contexts longer than the model was trained on."""
 
-    type: Literal["linear", "dynamic"] = Field(description="TGI `--rope-scaling`.")
-    factor: float = Field(gt=0, description="TGI `--rope-factor`.")
+    model_config = ConfigDict(json_schema_extra=_rules(_YARN_ORIGINAL))
+
+    type: Literal["linear", "dynamic", "yarn"] = Field(
+        description=(
+            "TGI `--rope-scaling` (linear, dynamic); vLLM `--rope-scaling` and SGLang "
+            "`--json-model-override-args` as the config's rope_scaling.rope_type (also yarn)."
+        )
+    )
+    factor: float = Field(gt=0, description="Context multiplier (TGI `--rope-factor`, rope_scaling.factor).")
+    original_max_position_embeddings: int | None = Field(
+        None,
+        ge=1,
+        description="The context the model was trained on (rope_scaling.original_max_position_embeddings); "
+        "yarn only.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RopeScaling:
+        _enforce(
+            ((self.type == "yarn") != (self.original_max_position_embeddings is not None), _YARN_ORIGINAL)
+        )
+        return self
 
 
 class ModelSpec(_Base):
-    """The model the engine serves."""
+    """The model the engine serves. Flags are named as TGI, vLLM and SGLang spell them, in that order."""
 
-    model_config = ConfigDict(json_schema_extra=_rules(_MAX_TOKENS, _SHARDS, _EXTRA_ARGS))
+    model_config = ConfigDict(json_schema_extra=_rules(_MAX_TOKENS, _SHARDS, _EXTRA_ARGS, _MEMORY_FRACTION))
 
-    id: str = Field(min_length=1, max_length=256, description="Hugging Face Hub model id (`--model-id`).")
+    id: str = Field(
+        min_length=1,
+        max_length=256,
+        description="Hugging Face Hub model id (`--model-id`; vLLM's positional model; `--model-path`).",
+    )
     revision: str | None = Field(None, max_length=256, description="Branch, tag or commit (`--revision`).")
     max_input_tokens: int | None = Field(
-        None, ge=1, description="Longest prompt in tokens (`--max-input-tokens`); less than maxTotalTokens."
+        None,
+        ge=1,
+        description="Longest prompt in tokens (`--max-input-tokens`; TGI only); less than maxTotalTokens.",
     )
     max_total_tokens: int | None = Field(
-        None, ge=2, description="Longest prompt plus generation in tokens (`--max-total-tokens`)."
+        None,
+        ge=2,
+        description="Longest prompt plus generation in tokens: the context (`--max-total-tokens`, "
+        "`--max-model-len`, `--context-length`).",
     )
-    quantize: Quantize | None = Field(None, description="Quantization (`--quantize`).")
+    quantize: Quantize | None = Field(
+        None, description="Quantization (`--quantize`, `--quantization`); vLLM and SGLang take fewer kinds."
+    )
     dtype: Dtype | None = Field(None, description="Weights dtype (`--dtype`).")
     rope_scaling: RopeScaling | None = Field(
-        None, description="RoPE scaling (`--rope-scaling`, `--rope-factor`)."
+        None,
+        description="RoPE scaling (TGI `--rope-scaling`, `--rope-factor`; vLLM `--rope-scaling`; SGLang "
+        "`--json-model-override-args`).",
+    )
+    gpu_memory_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Share of each GPU's memory the engine may use for weights and cache "
+        "(`--cuda-memory-fraction`, `--gpu-memory-utilization`, `--mem-fraction-static`); default: the "
+        "engine's.",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run the Python code the model's Hub repository ships (`--trust-remote-code`): needed by "
+        "models whose architecture the engine lacks (Kimi-Linear). It runs with the engine's privileges: "
+        "opt in only for a repository you trust, pinned by revision.",
     )
     gpus_per_replica: int = Field(
         1, ge=0, le=16, description="GPUs (`nvidia.com/gpu`) each replica requests."
     )
     shards: int | None = Field(
-        None, ge=1, le=16, description="Tensor-parallel shards (`--num-shard`); defaults to gpusPerReplica."
+        None,
+        ge=1,
+        le=16,
+        description="Tensor-parallel shards (`--num-shard`, `--tensor-parallel-size`, `--tp-size`); defaults "
+        "to gpusPerReplica.",
     )
     # 1024 characters (not more) keeps the CEL rule over these args well inside the API server's cost budget.
     extra_args: ExtraArgs = Field(
@@ -390,19 +508,53 @@ class ModelSpec(_Base):
             ),
             (self.shards is not None and self.shards > self.gpus_per_replica, _SHARDS),
             (_managed_flags(self.extra_args), _EXTRA_ARGS),
+            (
+                self.gpu_memory_fraction is not None and sets_memory_fraction(self.extra_args),
+                _MEMORY_FRACTION,
+            ),
         )
         return self
 
 
-class EngineSpec(_Base):
-    """The inference engine next to the miner. Only TGI today; the kind leaves room for vLLM and SGLang."""
+_API_TGI = Rule(
+    rule="self.kind != 'tgi' || !has(self.api)",
+    message="engine tgi takes no api: the miner asks TGI's own /generate",
+    field_path=".api",
+)
 
-    kind: Literal["tgi"] = Field("tgi", description="Engine kind.")
-    image: str = Field(TGI_IMAGE, min_length=1, description="Engine image.")
+
+class EngineSpec(_Base):
+    """The inference engine next to the miner: TGI, vLLM or SGLang."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(_API_TGI))
+
+    kind: EngineKind = Field(
+        "tgi",
+        description="Engine kind: tgi (TGI's launcher and /generate), vllm (`vllm serve`) or sglang "
+        "(`sglang.launch_server`), the last two asked through their OpenAI API. Default tgi, so objects "
+        "written before vLLM and SGLang existed keep their pods.",
+    )
+    image: str | None = Field(
+        None,
+        min_length=1,
+        description=f"Engine image (default: the kind's pinned image: {TGI_IMAGE}, {VLLM_IMAGE}, "
+        f"{SGLANG_IMAGE}).",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="Image pull policy of the engine container."
     )
-    port: int = Field(TGI_PORT, ge=1, le=65535, description="Port the engine listens on inside the pod.")
+    port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port the engine listens on inside the pod (default: the kind's own, 80, 8000, 30000).",
+    )
+    api: Literal["chat", "completions"] | None = Field(
+        None,
+        description="vllm and sglang: the OpenAI route the miner uses (`--engine.api`): chat (the server "
+        "applies the model's chat template: instruct and thinking models) or completions (the prompt as it "
+        "is: base models). Default chat.",
+    )
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements,
         description="Resources of the engine container; model.gpusPerReplica sets the GPU limit.",
@@ -416,6 +568,21 @@ class EngineSpec(_Base):
         le=86400,
         description="How long the engine may take to download and load the model before it counts as failed.",
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> EngineSpec:
+        _enforce((self.kind == "tgi" and self.api is not None, _API_TGI))
+        return self
+
+    @property
+    def container_image(self) -> str:
+        """The image the engine runs: the spec's, or the kind's pinned default."""
+        return self.image or ENGINE_IMAGES[self.kind]
+
+    @property
+    def container_port(self) -> int:
+        """The port the engine listens on: the spec's, or the kind's default."""
+        return self.port or ENGINE_PORTS[self.kind]
 
 
 _NODE_PORT = Rule(
@@ -652,9 +819,11 @@ class AutoscalingSpec(_Base):
     metric: Literal["queueSize", "batchSize", "queueTime"] = Field(
         "queueSize",
         description=(
-            "Signal per replica: queueSize (TGI `tgi_queue_size`, requests waiting), batchSize "
-            "(`tgi_batch_current_size`, requests being generated) or queueTime (mean seconds requests "
-            "waited, from `tgi_request_queue_duration` between two reads)."
+            "Signal per replica, read from the engine's own metrics: queueSize (requests waiting: TGI "
+            "`tgi_queue_size`, vLLM `vllm:num_requests_waiting`, SGLang `sglang:num_queue_reqs`), batchSize "
+            "(requests being generated: `tgi_batch_current_size`, `vllm:num_requests_running`, "
+            "`sglang:num_running_reqs`) or queueTime (TGI only: mean seconds requests waited, from "
+            "`tgi_request_queue_duration` between two reads)."
         ),
     )
     target: float = Field(2.0, gt=0, description="Target value of the metric per replica.")
@@ -689,10 +858,50 @@ _SHARED_CACHE = Rule(
 )
 
 
+# What an engine cannot take, checked where both the engine and the field are in sight.
+_INPUT_TOKENS_ENGINE = Rule(
+    rule="self.engine.kind == 'tgi' || !has(self.model.maxInputTokens)",
+    message="engines vllm and sglang take no model.maxInputTokens: their one limit is maxTotalTokens "
+    "(--max-model-len, --context-length)",
+    field_path=".model.maxInputTokens",
+)
+_YARN_TGI = Rule(
+    rule="self.engine.kind != 'tgi' || !has(self.model.ropeScaling) || self.model.ropeScaling.type != 'yarn'",
+    message="engine tgi cannot take model.ropeScaling.type yarn: TGI's --rope-scaling is linear or dynamic",
+    field_path=".model.ropeScaling.type",
+)
+_QUEUE_TIME = Rule(
+    rule="self.engine.kind == 'tgi' || !has(self.autoscaling) || self.autoscaling.metric != 'queueTime'",
+    message="autoscaling.metric queueTime reads TGI's tgi_request_queue_duration: engines vllm and sglang "
+    "offer queueSize and batchSize",
+    field_path=".autoscaling.metric",
+)
+
+
+def _quantize_rule(kind: str) -> Rule:
+    allowed = "[" + ", ".join(f"'{q}'" for q in ENGINE_QUANTIZE[kind]) + "]"
+    return Rule(
+        rule=f"self.engine.kind != '{kind}' || ("
+        f"(!has(self.model.quantize) || self.model.quantize in {allowed}) && (!has(self.placement) || "
+        "self.placement.pools.all(p, !has(p.model) || !has(p.model.quantize) "
+        f"|| p.model.quantize in {allowed})))",
+        message=f"engine {kind} cannot take that quantize (spec.model or a pool's model): it takes "
+        + ", ".join(ENGINE_QUANTIZE[kind]),
+        field_path=".model.quantize",
+    )
+
+
+_QUANTIZE_ENGINE = {kind: _quantize_rule(kind) for kind in ENGINE_QUANTIZE}
+
+
 class QuasarMinerSpec(_Base):
     """Desired state of a QuasarMiner: an engine serving a model plus the miner neuron, per replica."""
 
-    model_config = ConfigDict(json_schema_extra=_rules(_SHARED_CACHE))
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            _SHARED_CACHE, _INPUT_TOKENS_ENGINE, _YARN_TGI, _QUEUE_TIME, *_QUANTIZE_ENGINE.values()
+        )
+    )
 
     model: ModelSpec = Field(description="The model and how the engine serves it.")
     engine: EngineSpec = _default(EngineSpec)
@@ -720,7 +929,25 @@ class QuasarMinerSpec(_Base):
     def _check(self) -> QuasarMinerSpec:
         spans_nodes = self.placement is not None and len(self.placement.pools) > 1
         shared = self.cache.existing_claim is not None or self.cache.access_mode == "ReadWriteMany"
-        _enforce((spans_nodes and not shared, _SHARED_CACHE))
+        kind, model = self.engine.kind, self.model
+        pools = self.placement.pools if self.placement is not None else []
+        quantizes = [q for q in (model.quantize, *(p.model.quantize for p in pools)) if q is not None]
+        _enforce(
+            (spans_nodes and not shared, _SHARED_CACHE),
+            (kind != "tgi" and model.max_input_tokens is not None, _INPUT_TOKENS_ENGINE),
+            (
+                kind == "tgi" and model.rope_scaling is not None and model.rope_scaling.type == "yarn",
+                _YARN_TGI,
+            ),
+            (
+                kind != "tgi" and self.autoscaling is not None and self.autoscaling.metric == "queueTime",
+                _QUEUE_TIME,
+            ),
+            *(
+                (kind == engine and any(q not in ENGINE_QUANTIZE[engine] for q in quantizes), rule)
+                for engine, rule in _QUANTIZE_ENGINE.items()
+            ),
+        )
         return self
 
 

@@ -13,6 +13,7 @@ from quasar_operator.models import (
     WALLET_COLDKEYPUB_KEY,
     WALLET_HOTKEY_KEY,
     PodOverrides,
+    RopeScaling,
     SecretKeyRef,
     SubnetSpec,
     WalletSpec,
@@ -180,6 +181,14 @@ def wallet_args(wallet: WalletSpec) -> list[str]:
 def number(value: float) -> str:
     """A float as a flag value, exactly (`repr` round-trips, `:g` keeps 6 digits); `4` rather than `4.0`."""
     return str(int(value)) if value.is_integer() else repr(value)
+
+
+def rope_scaling_config(rope: RopeScaling) -> dict[str, str | float | int]:
+    """The model config's `rope_scaling` object (Hugging Face's keys), as vLLM and SGLang take it."""
+    config: dict[str, str | float | int] = {"rope_type": rope.type, "factor": rope.factor}
+    if rope.original_max_position_embeddings is not None:
+        config["original_max_position_embeddings"] = rope.original_max_position_embeddings
+    return config
 
 
 def subnet_args(subnet: SubnetSpec) -> list[str]:

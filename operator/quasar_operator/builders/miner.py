@@ -27,24 +27,20 @@ from quasar_operator.builders.common import (
     wallet_args,
     wallet_volume,
 )
-from quasar_operator.models import AXON_PORT, GPU_RESOURCE, PoolSpec, QuasarMinerSpec
+from quasar_operator.builders.engines import engine
+from quasar_operator.builders.engines.tgi import DRAIN_S as ENGINE_DRAIN_S
+from quasar_operator.models import AXON_PORT, GPU_RESOURCE, PoolSpec, QuasarMinerSpec, sets_memory_fraction
 
 KIND = "QuasarMiner"
 
-# TGI's Prometheus server (`--prometheus-port`, its default).
-ENGINE_METRICS_PORT = 9000
-# TGI's request body limit: a 2M-token prompt is about 8 MB of JSON, and TGI's default is 2 MB. 64 MiB, as
-# `quasar engine serve` uses, leaves room for scripts that take more bytes per token than English.
-PAYLOAD_LIMIT_BYTES = 64 * 1024 * 1024
-# How long TGI lets running requests finish after SIGTERM (`--graceful-termination-timeout`, its default).
-ENGINE_DRAIN_S = 90
 # Time for the endpoint removal to reach kube-proxy and the load balancer before the containers get SIGTERM,
 # so no new query arrives at a pod that is stopping.
 PRESTOP_SLEEP_S = 15
-# The kubelet kills the pod this long after it starts stopping: the preStop sleep, TGI's drain, and margin.
+# The kubelet kills the pod this long after it starts stopping: the preStop sleep, TGI's drain (vLLM and
+# SGLang finish running requests on SIGTERM too), and margin.
 TERMINATION_GRACE_S = PRESTOP_SLEEP_S + ENGINE_DRAIN_S + 15
 STARTUP_PROBE_PERIOD_S = 10
-CACHE_MOUNT = "/data"  # the TGI image's HF_HOME
+CACHE_MOUNT = "/data"  # the TGI image's HF_HOME; HF_HOME for every engine
 # The label that tells the pools' pods apart: each pool's Deployment selects on it too, so no two
 # Deployments ever claim the same pods.
 POOL_LABEL = "quasar.ai/pool"
@@ -148,10 +144,21 @@ def announced_endpoint(spec: QuasarMinerSpec, service_status: Obj | None) -> str
 
 def _check_ports(spec: QuasarMinerSpec) -> None:
     # The engine and the miner share the pod's network namespace: one port each.
-    taken = {AXON_PORT: "the miner's axon port", ENGINE_METRICS_PORT: "TGI's Prometheus port"}
-    if spec.engine.port in taken:
+    taken = {AXON_PORT: "the miner's axon port"}
+    metrics_port = engine(spec).metrics_port
+    if metrics_port is not None:
+        taken[metrics_port] = "TGI's Prometheus port"
+    port = spec.engine.container_port
+    if port in taken:
+        raise BuildError("spec.engine.port", f"{port} is {taken[port]} in the same pod")
+
+
+def _check_pool_memory(spec: QuasarMinerSpec, pool: PoolSpec) -> None:
+    # A pool's extraArgs replace the miner's, so the models' rule on spec.model cannot see them.
+    if spec.model.gpu_memory_fraction is not None and sets_memory_fraction(pool.model.extra_args or ()):
         raise BuildError(
-            "spec.engine.port", f"{spec.engine.port} is {taken[spec.engine.port]} in the same pod"
+            f"spec.placement.pools[{pool.name}].model.extraArgs",
+            "sets the GPU memory fraction that spec.model.gpuMemoryFraction sets",
         )
 
 
@@ -169,38 +176,8 @@ def _check_cache(spec: QuasarMinerSpec) -> None:
 
 
 def engine_args(spec: QuasarMinerSpec) -> list[str]:
-    model = spec.model
-    args = ["--model-id", model.id]
-    if model.revision is not None:
-        args += ["--revision", model.revision]
-    shards = model.shards or model.gpus_per_replica
-    if shards:
-        args += ["--num-shard", str(shards)]
-    if model.quantize is not None:
-        args += ["--quantize", model.quantize]
-    if model.dtype is not None:
-        args += ["--dtype", model.dtype]
-    if model.max_input_tokens is not None:
-        args += ["--max-input-tokens", str(model.max_input_tokens)]
-    if model.max_total_tokens is not None:
-        args += ["--max-total-tokens", str(model.max_total_tokens)]
-    if model.rope_scaling is not None:
-        rope = model.rope_scaling
-        args += ["--rope-scaling", rope.type, "--rope-factor", number(rope.factor)]
-    return [
-        *args,
-        "--hostname",
-        "0.0.0.0",  # the kubelet probes the pod's IP, not localhost
-        "--port",
-        str(spec.engine.port),
-        "--prometheus-port",
-        str(ENGINE_METRICS_PORT),
-        "--payload-limit",
-        str(PAYLOAD_LIMIT_BYTES),
-        "--graceful-termination-timeout",
-        str(ENGINE_DRAIN_S),
-        *model.extra_args,
-    ]
+    """The engine's flags, derived from the spec by its kind's module (builders/engines/)."""
+    return engine(spec).args(spec)
 
 
 def _engine_resources(spec: QuasarMinerSpec, gpu: str) -> Obj:
@@ -216,37 +193,46 @@ def _prestop() -> Obj:
     return {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}}
 
 
+def engine_ports(spec: QuasarMinerSpec) -> list[Obj]:
+    """The engine's ports: `engine`, and `engine-metrics` where the metrics have a port of their own (TGI).
+    vLLM and SGLang serve `/metrics` on `engine`, which the observer and the metrics Service then use."""
+    ports = [{"name": "engine", "containerPort": spec.engine.container_port, "protocol": "TCP"}]
+    metrics_port = engine(spec).metrics_port
+    if metrics_port is not None:
+        ports.append({"name": "engine-metrics", "containerPort": metrics_port, "protocol": "TCP"})
+    return ports
+
+
 def engine_container(spec: QuasarMinerSpec, gpu_resource: str = GPU_RESOURCE) -> Obj:
-    engine = spec.engine
+    kind = engine(spec)
     env: list[Obj] = [{"name": "HF_HOME", "value": CACHE_MOUNT}]
     token = spec.cache.hf_token_secret
     if token is not None:
         env.append(secret_env("HF_TOKEN", token))
+    command = {} if kind.command is None else {"command": list(kind.command)}
     return {
         "name": "engine",
-        "image": engine.image,
-        "imagePullPolicy": engine.image_pull_policy,
+        "image": spec.engine.container_image,
+        "imagePullPolicy": spec.engine.image_pull_policy,
+        **command,
         "args": engine_args(spec),
         "env": env,
-        "ports": [
-            {"name": "engine", "containerPort": engine.port, "protocol": "TCP"},
-            {"name": "engine-metrics", "containerPort": ENGINE_METRICS_PORT, "protocol": "TCP"},
-        ],
+        "ports": engine_ports(spec),
         "resources": _engine_resources(spec, gpu_resource),
         "volumeMounts": [
             {"name": "cache", "mountPath": CACHE_MOUNT},
             {"name": "shm", "mountPath": "/dev/shm"},
         ],
-        # TGI only listens once the model is downloaded and loaded: the startup probe carries the whole
-        # budget, and the other probes only start after it passed.
+        # The engines only listen (or answer their health route) once the model is downloaded and loaded:
+        # the startup probe carries the whole budget, and the other probes only start after it passed.
         "startupProbe": {
-            "httpGet": {"path": "/health", "port": "engine"},
+            "httpGet": {"path": kind.startup_path, "port": "engine"},
             "periodSeconds": STARTUP_PROBE_PERIOD_S,
             "timeoutSeconds": 10,
-            "failureThreshold": math.ceil(engine.startup_timeout_seconds / STARTUP_PROBE_PERIOD_S),
+            "failureThreshold": math.ceil(spec.engine.startup_timeout_seconds / STARTUP_PROBE_PERIOD_S),
         },
         "readinessProbe": {
-            "httpGet": {"path": "/health", "port": "engine"},
+            "httpGet": {"path": kind.readiness_path, "port": "engine"},
             "periodSeconds": 10,
             "timeoutSeconds": 10,
             "failureThreshold": 3,
@@ -260,7 +246,7 @@ def engine_container(spec: QuasarMinerSpec, gpu_resource: str = GPU_RESOURCE) ->
             "failureThreshold": 10,
         },
         "lifecycle": _prestop(),
-        # TGI's image runs as root and writes the cache; it still gets no way to gain more privileges.
+        # The engine images run as root and write the cache; they still get no way to gain more privileges.
         "securityContext": {"allowPrivilegeEscalation": False},
     }
 
@@ -277,13 +263,16 @@ def miner_args(spec: QuasarMinerSpec, endpoint: Endpoint) -> list[str]:
         "--axon.external_port",
         str(endpoint.port),
         "--engine.url",
-        f"http://127.0.0.1:{spec.engine.port}",
+        f"http://127.0.0.1:{spec.engine.container_port}",
         "--engine.kind",
         spec.engine.kind,
-        # The miner refuses to serve if TGI reports another model_id: the same string as --model-id.
+        # The miner refuses to serve if the engine reports another model (TGI's model_id, the models vLLM
+        # and SGLang list): the same string as the engine's model flag.
         "--miner.model_name",
         spec.model.id,
     ]
+    if spec.engine.kind != "tgi":
+        args += ["--engine.api", spec.engine.api or "chat"]
     if neuron.min_stake is not None:
         args += ["--blacklist.min_stake", number(neuron.min_stake)]
     if neuron.engine_timeout_seconds is not None:
@@ -361,6 +350,7 @@ def miner_deployment(
         deployment_name = names.pool_deployments[pool.name]
         selector = {**selector, POOL_LABEL: pool.name}
         gpu = pool.gpu_resource
+        _check_pool_memory(spec, pool)
         spec = for_pool(spec, pool)
     volumes = [
         {"name": "cache", "persistentVolumeClaim": {"claimName": names.cache_claim}},
@@ -416,8 +406,11 @@ def miner_service(name: str, namespace: str, uid: str, spec: QuasarMinerSpec) ->
 
 def miner_metrics_service(name: str, namespace: str, uid: str, spec: QuasarMinerSpec) -> Obj:
     """A cluster-internal Service for Prometheus (a ServiceMonitor selects it by label and port name):
-    TGI's metrics (queue size, batch size: the autoscaling signals) and the miner's own."""
+    the engine's metrics (queue and batch size: the autoscaling signals) and the miner's own. Its
+    `engine-metrics` port leads to TGI's Prometheus port, or to vLLM's and SGLang's API port, which serves
+    `/metrics` too."""
     owner = Owner(KIND, name, namespace, uid)
+    metrics = engine_ports(spec)[-1]
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -428,8 +421,8 @@ def miner_metrics_service(name: str, namespace: str, uid: str, spec: QuasarMiner
             "ports": [
                 {
                     "name": "engine-metrics",
-                    "port": ENGINE_METRICS_PORT,
-                    "targetPort": "engine-metrics",
+                    "port": metrics["containerPort"],
+                    "targetPort": metrics["name"],
                     "protocol": "TCP",
                 },
                 {"name": "miner-metrics", "port": AXON_PORT, "targetPort": "axon", "protocol": "TCP"},

@@ -13,7 +13,10 @@ from collections.abc import Sequence
 GROUPS: dict[str, tuple[str, str]] = {
     "eval": ("evaluation.cli", "score predictions and evaluate long-context endpoints"),
     "miner": ("neurons.miner", "serve a long-context model to validators (signed, permit-checked queries)"),
-    "validator": ("neurons.validator", "score miners on long-context tasks and set weights (--mock: local)"),
+    "validator": (
+        "neurons.validator_cli",
+        "score miners on long-context tasks and set weights (--mock: local)",
+    ),
     "engine": (
         "evaluation.dev_engine.server",
         "a development engine over a local model: TGI and OpenAI APIs",

@@ -8,10 +8,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from evaluation.buckets import BUCKETS
+from evaluation.buckets import BUCKETS, DEVELOPMENT_BUCKETS
 from evaluation.errors import InputError
 
 DEFAULT_MULTIPLIERS: dict[str, float] = {"32k": 1.0, "124k": 1.2, "512k": 1.5, "1.5m": 1.8, "2m": 2.0}
+# Development sizes (mock mode on a CPU) are paid as the smallest seed bucket.
+DEVELOPMENT_RATE_BUCKET = "32k"
 U16_MAX = 65535
 
 
@@ -49,9 +51,10 @@ class RewardRule:
         """Reward for an accuracy in [0, 1] on a bucket."""
         if not 0.0 <= accuracy <= 1.0:
             raise InputError(f"accuracy on {bucket}", f"must be within [0, 1], got {accuracy!r}")
-        if bucket not in self.multipliers:
+        rate_bucket = DEVELOPMENT_RATE_BUCKET if bucket in DEVELOPMENT_BUCKETS else bucket
+        if rate_bucket not in self.multipliers:
             raise InputError(f"bucket {bucket!r}", "has no reward multiplier")
-        return min(accuracy * self.multipliers[bucket], self.cap)
+        return min(accuracy * self.multipliers[rate_bucket], self.cap)
 
 
 def update_scores(

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from evaluation.buckets import BUCKETS
+from evaluation.buckets import BUCKETS, DEVELOPMENT_BUCKETS
 from evaluation.errors import InputError
 from evaluation.rewards import (
     DEFAULT_MULTIPLIERS,
@@ -119,3 +119,9 @@ def test_u16_weights_keep_order_and_scale_max_to_u16(scores: dict[int, float]) -
             for b in by_uid:
                 if weights[a] > weights[b]:
                     assert by_uid[a] >= by_uid[b]
+
+
+@given(unit, st.sampled_from(sorted(DEVELOPMENT_BUCKETS)))
+def test_development_sizes_are_paid_as_the_smallest_seed_bucket(accuracy: float, name: str) -> None:
+    rule = RewardRule.parse("32k=1.3")
+    assert rule.reward(accuracy, name) == rule.reward(accuracy, "32k")

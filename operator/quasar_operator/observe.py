@@ -5,8 +5,11 @@ The edge of the scaling code: API reads and HTTP scrapes here, every decision in
 
 - The cluster view (every Node and every Pod, for free GPUs) is listed at most once per `cluster_ttl` and
   shared by all miners' reconciles: with hundreds of miners, one list per period instead of one per miner.
-- Engine metrics are scraped from each ready pod's `engine-metrics` container port (TGI's Prometheus
-  endpoint) concurrently, each with a short timeout; a pod that does not answer simply does not report.
+- Engine metrics are scraped from each ready pod's `/metrics` concurrently, each with a short timeout; a pod
+  that does not answer simply does not report. TGI serves them on its `engine-metrics` port, vLLM and
+  SGLang on their API port (`engine`).
+- Each engine names the same signal its own way (GAUGES); a pod exports only its engine's names, so the
+  first known name found is the pod's, whatever its kind.
 """
 
 import asyncio
@@ -27,10 +30,19 @@ from quasar_operator.capacity import place_waiting, pod_ready, used_gpus, waitin
 
 Obj = dict[str, Any]
 
-# The autoscaling metrics, as TGI names them.
-GAUGES = {"queueSize": "tgi_queue_size", "batchSize": "tgi_batch_current_size"}
+# The autoscaling gauges, as each engine names them (TGI, vLLM, SGLang). Sources: TGI's router
+# (`metrics::gauge!` in its queue and batching loop; docs/autoscaling.md cites each); vLLM
+# vllm/v1/metrics/loggers.py, PrometheusStatLogger (labels model_name, engine: one series per engine core
+# under data parallelism); SGLang python/sglang/srt/metrics/collector.py, SchedulerMetricsCollector (label
+# model_name, more in some versions). Series of one gauge are summed: the pod's total.
+GAUGES: dict[str, tuple[str, ...]] = {
+    "queueSize": ("tgi_queue_size", "vllm:num_requests_waiting", "sglang:num_queue_reqs"),
+    "batchSize": ("tgi_batch_current_size", "vllm:num_requests_running", "sglang:num_running_reqs"),
+}
+# queueTime: TGI only (the CRD refuses it for the other engines).
 QUEUE_DURATION = "tgi_request_queue_duration"
-METRICS_PORT_NAME = "engine-metrics"
+# Where a pod serves its metrics: TGI's own Prometheus port, else the engine's API port.
+METRICS_PORT_NAMES = ("engine-metrics", "engine")
 # A pod's last queue-duration totals are forgotten after this long without a read (the pod is gone).
 FORGET_AFTER_S = 3600.0
 
@@ -99,19 +111,26 @@ def live(pods: Sequence[Obj]) -> list[Obj]:
 
 def metrics_address(pod: Obj) -> str | None:
     ip = (pod.get("status") or {}).get("podIP")
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        for port in container.get("ports") or []:
-            if port.get("name") == METRICS_PORT_NAME and ip:
-                host = f"[{ip}]" if ":" in ip else ip
-                return f"http://{host}:{port['containerPort']}/metrics"
-    return None
+    if not ip:
+        return None
+    ports = {
+        port.get("name"): port.get("containerPort")
+        for container in (pod.get("spec") or {}).get("containers") or []
+        for port in container.get("ports") or []
+    }
+    found = next((ports[name] for name in METRICS_PORT_NAMES if ports.get(name)), None)
+    if found is None:
+        return None
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"http://{host}:{found}/metrics"
 
 
 def read_metric(text: str, metric: str) -> float | tuple[float, float] | None:
-    """A gauge's value, or for queueTime the queue-duration histogram's (sum, count); None when absent."""
-    wanted = GAUGES.get(metric, QUEUE_DURATION)
+    """A gauge's value (any engine's name for it), or for queueTime the queue-duration histogram's (sum,
+    count); None when absent."""
+    wanted = GAUGES.get(metric, (QUEUE_DURATION,))
     for family in text_string_to_metric_families(text):
-        if family.name != wanted:
+        if family.name not in wanted:
             continue
         if metric in GAUGES:
             return sum(sample.value for sample in family.samples)

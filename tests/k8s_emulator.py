@@ -24,6 +24,11 @@ kmock emulates an API server in memory over HTTP; kopf runs against it with thes
 
 10. A merge patch that brings an object where the live value is not one (a status that is a string), or
     the reverse, replaces the value, as RFC 7386 says; kmock answered 500 and kept the value.
+11. A server-side apply (`PATCH` as `application/apply-patch+yaml`, the operator's one way of writing its
+    children) creates the object when absent and is otherwise served as a merge patch. An approximation:
+    no field ownership (no managedFields, so no fields removed when the operator stops setting them, no
+    conflicts, `force` ignored) and lists replaced whole rather than merged by key. The real semantics are
+    tested on the real API server (tests/e2e/test_operator_*.py).
 
 What kmock does not emulate, the tests must not lean on: there is no /status subresource (a status patch
 is a plain merge), no garbage collection (the operator's own cleanup deletes children; the tests check
@@ -42,10 +47,11 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 import aiohttp.web
+import attrs
 import jsonpatch
 import kmock
 import kopf
-from quasar_operator.apply import KubeApi
+from quasar_operator.apply import APPLY_PATCH, KubeApi
 from quasar_operator.cli import run
 from quasar_operator.settings import Settings
 
@@ -82,7 +88,7 @@ TEST_SETTINGS = Settings(
 
 
 class Emulator(kmock.KubernetesEmulator):
-    """Adaptations 2 to 10."""
+    """Adaptations 2 to 11."""
 
     _versions = itertools.count(1)
 
@@ -146,8 +152,24 @@ class Emulator(kmock.KubernetesEmulator):
             ]
         return {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": metadata}
 
+    def _substitute(self, old: kmock.Request, new: kmock.Request) -> kmock.Request:
+        """Serve `new` in place of `old`: kmock answers only requests found in its log (adaptation 4)."""
+        self._requests[:] = [new if r is old else r for r in self._requests]
+        self._serving = [new if r is old else r for r in self._serving]
+        return new
+
+    def _absent(self, request: kmock.Request) -> bool:
+        assert request.resource is not None  # an apply names its object
+        key = (request.resource, request.namespace, request.name or "")
+        return key not in self.objects or self.objects[key].deleted
+
     async def _serve(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
-        """Adaptations 2, 3 and 8: the metadata a real API server sets on a write; 422 on a failed test."""
+        """Adaptations 2, 3 and 8: the metadata a real API server sets on a write; 422 on a failed test.
+        Adaptation 11: an apply of an absent object creates it."""
+        if _is_apply(request) and self._absent(request):
+            request = self._substitute(
+                request, attrs.evolve(request, method="POST", action=kmock.action.CREATE, name=None)
+            )
         data = request.data
         if request.resource is not None and isinstance(data, list):
             # A JSON patch (kopf's finalizers and progress annotations) moves the version too.
@@ -179,6 +201,10 @@ class Emulator(kmock.KubernetesEmulator):
             # patch on its next cycle); kmock answers 500, which kopf retries as is, forever stale.
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
         return response
+
+
+def _is_apply(request: kmock.Request) -> bool:
+    return request.method == "PATCH" and request.headers.get("Content-Type", "").startswith(APPLY_PATCH)
 
 
 def _make_room(live: MutableMapping[str, Any], patch: Mapping[str, Any]) -> None:

@@ -1,19 +1,29 @@
-"""A small async Kubernetes client and the idempotent apply the reconciler uses.
+"""A small async Kubernetes client and the server-side apply the reconciler uses for every child.
 
-Why not server-side apply: the test API server (kmock's emulator) has no apply-patch semantics (no field
-ownership, no create-on-apply), so a test would pass against behaviour a real cluster does not have. A GET,
-then a POST when absent or a JSON merge patch of exactly the fields the builders set when they differ,
-converges the same way on both: the object ends up holding the built fields, and fields other controllers
-own (the Deployment's status, an HPA's annotations) are left alone. The merge patch replaces lists whole,
-which is what the builders mean: their containers and ports lists are the desired lists. On a real API
-server the fields it defaults inside such lists (a container's terminationMessagePath) make them differ on
-every run: the patch is then written again, and the server, finding nothing changed, keeps the version.
+Server-side apply (one field manager, `quasar-operator`): the operator sends each child's whole desired
+configuration; the API server creates the object when absent, sets the fields the configuration names,
+removes the ones the operator set before and no longer does, and leaves every other manager's fields
+alone (the Deployment controller's status, an HPA's or a person's annotations). Lists merge by their keys
+(containers by name), so the server's defaults inside them never count as a difference.
+
+Conflicts: every apply is sent with `force=true`. The Kubernetes documentation recommends it for
+controllers: the operator is the one writer of the fields it sets, a conflict means someone else changed
+one of them (`kubectl edit` of a child), and the operator has no one to ask, so it takes the field back;
+that is its drift repair. Fields it does not set stay with whoever set them.
+
+No write when nothing changed: an apply that changes nothing still costs a request, an audit entry and
+an etcd read. After each apply the client remembers what it sent and what the server then recorded for
+it: the object's uid and generation and the operator's own `managedFields` entry. The next reconcile reads
+the object (a GET, as before) and applies only when one of those differs: a new desired configuration;
+the object deleted and re-created (a new uid); its spec changed (a new generation); or another manager
+took over one of the operator's fields (the entry lost it: an update by someone else owns what it
+changed). A restarted operator remembers nothing and applies each child once.
 """
 
 import json
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -35,6 +45,7 @@ _RESOURCES: dict[str, tuple[str, str]] = {
 # The API server's metadata-only view of an object (the one Kubernetes' garbage collector reads): metadata
 # without spec, status or a Secret's data. Every API server since 1.15 serves it.
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML: the body is sent as JSON
 # Read across the cluster, for GPU capacity.
 NODES_PATH = "/api/v1/nodes"
 ALL_PODS_PATH = "/api/v1/pods"
@@ -75,6 +86,37 @@ def differs(desired: Any, actual: Any) -> bool:
     return bool(desired != actual)
 
 
+def without_nulls(value: Any) -> Any:
+    """The builders' `None` means "not set": an apply configuration then leaves the field out (a field the
+    operator set before and leaves out now is removed by the API server)."""
+    if isinstance(value, Mapping):
+        return {key: without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [without_nulls(item) for item in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What an apply sent and what the API server recorded for it: equal before and after means the object
+    holds the operator's configuration untouched (see the module's docstring)."""
+
+    sent: str
+    uid: str | None
+    generation: int | None
+    fields: Any
+
+    @classmethod
+    def of(cls, config: Obj, live: Obj, manager: str) -> "Applied":
+        meta = live.get("metadata") or {}
+        ours = [
+            entry.get("fieldsV1")
+            for entry in meta.get("managedFields") or []
+            if entry.get("manager") == manager and entry.get("operation") == "Apply"
+        ]
+        return cls(json.dumps(config, sort_keys=True), meta.get("uid"), meta.get("generation"), ours)
+
+
 def matches(obj: Obj, selector: Mapping[str, str]) -> bool:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     return all(labels.get(key) == value for key, value in selector.items())
@@ -86,9 +128,14 @@ class KubeApi:
 
     session: aiohttp.ClientSession
     server: str
+    field_manager: str
+    # Path -> what the last apply there sent and produced.
+    applied: dict[str, Applied] = field(default_factory=dict)
 
     @classmethod
-    def connect(cls, info: kopf.ConnectionInfo, *, timeout: float, user_agent: str) -> "KubeApi":
+    def connect(
+        cls, info: kopf.ConnectionInfo, *, timeout: float, user_agent: str, field_manager: str = ""
+    ) -> "KubeApi":
         # The user agent tells the operator's writes apart in the API server's audit log.
         headers = {"Accept": "application/json", "User-Agent": user_agent}
         if info.token:
@@ -98,7 +145,7 @@ class KubeApi:
             connector=aiohttp.TCPConnector(ssl=_ssl_context(info)),
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
-        return cls(session, info.server.rstrip("/"))
+        return cls(session, info.server.rstrip("/"), field_manager or user_agent)
 
     async def close(self) -> None:
         await self.session.close()
@@ -171,26 +218,20 @@ class KubeApi:
 
     async def delete(self, path: str) -> bool:
         """Delete the object; False when it was already gone."""
+        self.applied.pop(path, None)
         return await self._call("DELETE", path) is not None
 
     async def apply(self, desired: Obj) -> Obj:
-        """Create `desired`, or patch the live object until it holds every field `desired` sets."""
+        """Server-side apply of `desired` (created when absent), unless the object holds it already."""
         meta = desired["metadata"]
         path = object_path(desired["kind"], meta["namespace"], meta["name"])
+        config: Obj = without_nulls(desired)
         live = await self.get(path)
-        if live is None:
-            try:
-                return await self.create(object_path(desired["kind"], meta["namespace"]), desired)
-            except ApiError as exc:
-                # Created between the read and the write (the timer and an event handler both at work):
-                # patch the object that won instead.
-                if exc.status != 409:
-                    raise
-                live = await self.get(path)
-                if live is None:
-                    raise
-        if not differs(desired, live):
+        if live is not None and self.applied.get(path) == Applied.of(config, live, self.field_manager):
             return live
-        patched = await self.merge_patch(path, desired)
-        # Deleted between the read and the patch: the next reconcile creates it.
-        return live if patched is None else patched
+        query = f"?fieldManager={quote(self.field_manager)}&force=true"
+        result = await self._call("PATCH", path + query, config, APPLY_PATCH)
+        if result is None:  # the namespace is gone (a 404 from an apply means nothing else)
+            raise ApiError(404, f"{path}: namespace {meta['namespace']} does not exist")
+        self.applied[path] = Applied.of(config, result, self.field_manager)
+        return result

@@ -101,8 +101,12 @@ class Client:
         if self._api is None:
             if self.connection is None:
                 raise RuntimeError("the operator reconciled before logging in")
+            manager = self.settings.field_manager
             self._api = KubeApi.connect(
-                self.connection, timeout=self.settings.request_timeout, user_agent=self.settings.field_manager
+                self.connection,
+                timeout=self.settings.request_timeout,
+                user_agent=manager,
+                field_manager=manager,
             )
         return self._api
 
@@ -126,6 +130,9 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
     kopf_settings.watching.server_timeout = settings.watch_server_timeout
     kopf_settings.watching.client_timeout = settings.watch_client_timeout
     kopf_settings.posting.reporting_component = settings.field_manager
+    # At shutdown a timer may be mid-reconcile (awaiting the API): let it finish rather than orphan it, or
+    # the client it uses is closed under it and its HTTP session leaks ("Unclosed client session").
+    kopf_settings.background.instant_exit_timeout = 10.0
 
 
 async def _run(

@@ -262,6 +262,8 @@ async def _drain(api: Api, owner: Owner, name: str, deployment: Obj, replicas: i
     if replicas == 0 and pods_left == 0:
         await api.delete(path)
     elif _replicas(deployment)[0] != replicas:
+        # Not an apply: the retired pool's configuration is gone from the spec, and an apply configuration
+        # of replicas alone would remove the template the operator owns. Only the count goes down.
         await api.merge_patch(path, {"spec": {"replicas": replicas}})
 
 

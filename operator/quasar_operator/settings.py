@@ -29,8 +29,9 @@ class Settings:
     annotation_prefix: str = ANNOTATION_PREFIX
     field_manager: str = FIELD_MANAGER
     # The API server closes a watch after this long and kopf re-opens it: a silently dead connection (a
-    # load balancer dropping idle streams) then costs at most this long, not forever.
-    watch_server_timeout: float = 300.0
+    # load balancer dropping idle streams) then costs at most this long, not forever. Whole seconds: the
+    # API server refuses `timeoutSeconds=300.0` (400, "strconv.ParseInt").
+    watch_server_timeout: int = 300
     # The client gives up a little after the server should have closed the stream.
     watch_client_timeout: float = 330.0
     # Every resource is re-applied this often even without an event: a child edited or deleted by hand
@@ -56,8 +57,8 @@ class Settings:
         names = [n.strip() for n in env.get("QUASAR_OPERATOR_NAMESPACES", "").split(",") if n.strip()]
         return cls(
             namespaces=tuple(names) or None,
-            watch_server_timeout=_float(
-                env, "QUASAR_OPERATOR_WATCH_SERVER_TIMEOUT", cls.watch_server_timeout
+            watch_server_timeout=int(
+                _float(env, "QUASAR_OPERATOR_WATCH_SERVER_TIMEOUT", cls.watch_server_timeout)
             ),
             watch_client_timeout=_float(
                 env, "QUASAR_OPERATOR_WATCH_CLIENT_TIMEOUT", cls.watch_client_timeout

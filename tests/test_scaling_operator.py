@@ -3,7 +3,8 @@ cluster (tests/sim_cluster.py) of GPU nodes in labelled pools, whose scheduling 
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+import gc
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -40,6 +41,17 @@ def placed(pools: list[Obj], spill_after: int = 1, **spec: Any) -> Obj:
         cache={"accessMode": "ReadWriteMany"},
         **spec,
     )
+
+
+@pytest.fixture(autouse=True)
+def no_unclosed_sessions(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """The operator stops with its HTTP sessions closed, a timer caught mid-reconcile included (kopf lets it
+    finish: `instant_exit_timeout`); an orphaned one would leak its session, which asyncio reports when
+    the session is collected."""
+    yield
+    gc.collect()
+    records = caplog.get_records("call") + caplog.get_records("teardown")
+    assert [r.getMessage() for r in records if "Unclosed client session" in r.getMessage()] == []
 
 
 @pytest_asyncio.fixture

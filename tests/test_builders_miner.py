@@ -218,7 +218,7 @@ def test_services_select_the_deployments_pods() -> None:
     assert dict(term.split("=") for term in miner_selector(NAME).split(",")) == selector
 
 
-@pytest.mark.parametrize("example", ["quasarminer.yaml", "quasarminer-full.yaml"])
+@pytest.mark.parametrize("example", sorted(p.name for p in (CRD_DIR / "examples").glob("quasarminer*.yaml")))
 def test_the_crd_examples_build_valid_objects(example: str) -> None:
     resource = yaml.safe_load((CRD_DIR / "examples" / example).read_text())
     s = QuasarMinerSpec.model_validate(resource["spec"])

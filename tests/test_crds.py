@@ -317,13 +317,27 @@ def test_examples_validate_against_the_crd_and_the_models(path: Path) -> None:
         assert set(unset_fields(parsed.spec)) <= ALTERNATIVES
 
 
-def test_four_examples() -> None:
+def test_the_examples_a_miner_per_seed_model_and_engine() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == [
         "quasarminer-full.yaml",
+        "quasarminer-kimi-linear.yaml",
+        "quasarminer-quasar-2m-base.yaml",
+        "quasarminer-qwen3-next.yaml",
         "quasarminer.yaml",
         "quasarvalidator-full.yaml",
         "quasarvalidator.yaml",
     ]
+    seeds = {
+        name: QuasarMiner.model_validate(load(EXAMPLES / f"quasarminer-{name}.yaml")).spec
+        for name in ("quasar-2m-base", "kimi-linear", "qwen3-next")
+    }
+    assert {name: (s.engine.kind, s.engine.api, s.model.max_total_tokens) for name, s in seeds.items()} == {
+        "quasar-2m-base": ("vllm", "completions", 2_097_152),
+        "kimi-linear": ("vllm", "chat", 1_048_576),
+        "qwen3-next": ("sglang", "chat", 262_144),
+    }
+    assert [s.model.trust_remote_code for s in seeds.values()] == [True, True, False]
+    assert all(s.model.gpus_per_replica == 4 for s in seeds.values())
 
 
 @pytest.mark.parametrize("name", ["quasarminer.yaml", "quasarvalidator.yaml"])

@@ -1,0 +1,251 @@
+"""The engine flags the operator builds, checked against each engine's own flags.
+
+vLLM and SGLang do not install here (CUDA builds of torch and their GPU kernels), so their parsers cannot
+run. Instead, the flags they define were read from their source and are written below as data: a flag
+table per engine, with the type of each flag's value and, where the engine restricts it, its choices. A
+parser is assembled from each table (no abbreviations, unknown flags refused) and fed the arguments the
+builders produce for every example in crds/examples and for specs that set every model field.
+
+Sources (read, not copied):
+
+- vLLM, the 0.11 line (the release the default image pins, v0.11.2): vllm/engine/arg_utils.py at
+  vllm-project/vllm@99d7eb5d6a512cfcc5a2b104f24ebf2d6cda772b (EngineArgs.add_cli_args: ModelConfig,
+  ParallelConfig, CacheConfig, SchedulerConfig groups; its deprecation notes name v0.12.0 as the removal
+  release), vllm/entrypoints/openai/cli_args.py at @789340fbad95a900ca3c467c9cee33b3d905fd61 (FrontendArgs:
+  --host, --port; make_arg_parser: the positional model_tag of `vllm serve`), and the `--quantization`
+  choices from vllm/model_executor/layers/quantization/__init__.py (QuantizationMethods) at
+  @05d909563e1d1ada39a13b67e7b9a4cbca1d6a8e. Booleans from config dataclasses are BooleanOptionalAction
+  (`--flag` / `--no-flag`); --max-model-len takes an integer (or 1k/1m suffixes).
+- SGLang, the 0.5 line (the default image pins v0.5.5.post3): python/sglang/srt/server_args.py
+  (ServerArgs.add_cli_args and QUANTIZATION_CHOICES) of sgl-project/sglang, read from a stored snapshot of
+  that file from the 0.5 line (it has --enable-metrics-for-all-schedulers and the kt-* flags); the commit
+  could not be identified. --model-path has the alias --model and --tensor-parallel-size the alias
+  --tp-size; booleans are store_true.
+
+TGI's flags are not checked here: its builder is unchanged, and tests/test_builders_miner.py pins the TGI
+pods byte for byte to what they were.
+"""
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from quasar_operator.builders.miner import engine_args
+from quasar_operator.crds import CRD_DIR
+from quasar_operator.models import (
+    ENGINE_QUANTIZE,
+    MANAGED_ENGINE_FLAGS,
+    MEMORY_FRACTION_FLAGS,
+    QuasarMinerSpec,
+)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One flag: its other spellings, what its value parses as, the values it takes (if restricted)."""
+
+    value: str  # "int", "float", "str", "json", "bool" (no value), "str+" (one or more)
+    aliases: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+
+
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+
+VLLM_QUANTIZATION = (
+    "awq", "fp8", "ptpc_fp8", "fbgemm_fp8", "fp_quant", "modelopt", "modelopt_fp4", "bitblas", "gguf",
+    "gptq_marlin_24", "gptq_marlin", "gptq_bitblas", "awq_marlin", "gptq", "compressed-tensors",
+    "bitsandbytes", "experts_int8", "ipex", "quark", "moe_wna16", "torchao", "inc", "mxfp4", "mxfp8",
+    "petit_nvfp4", "cpu_awq",
+)  # fmt: skip
+VLLM_FLAGS: dict[str, Flag] = {
+    "--host": Flag("str"),
+    "--port": Flag("int"),
+    "--revision": Flag("str"),
+    "--tensor-parallel-size": Flag("int", ("-tp",)),
+    "--pipeline-parallel-size": Flag("int", ("-pp",)),
+    "--quantization": Flag("str", ("-q",), VLLM_QUANTIZATION),
+    "--dtype": Flag("str", choices=DTYPES),
+    "--max-model-len": Flag("int"),
+    "--rope-scaling": Flag("json"),
+    "--hf-overrides": Flag("json"),
+    "--gpu-memory-utilization": Flag("float"),
+    "--trust-remote-code": Flag("bool"),
+    "--served-model-name": Flag("str+"),
+    "--max-num-seqs": Flag("int"),
+    "--max-num-batched-tokens": Flag("int"),
+    "--enable-prefix-caching": Flag("bool"),
+    "--enable-chunked-prefill": Flag("bool"),
+    "--enforce-eager": Flag("bool"),
+    "--kv-cache-dtype": Flag("str", choices=("auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc")),
+    "--reasoning-parser": Flag("str"),
+}
+
+SGLANG_QUANTIZATION = (
+    "awq", "fp8", "gptq", "marlin", "gptq_marlin", "awq_marlin", "bitsandbytes", "gguf", "modelopt",
+    "modelopt_fp8", "modelopt_fp4", "petit_nvfp4", "w8a8_int8", "w8a8_fp8", "moe_wna16", "qoq", "w4afp8",
+    "mxfp4", "auto-round", "compressed-tensors",
+)  # fmt: skip
+SGLANG_FLAGS: dict[str, Flag] = {
+    "--model-path": Flag("str", ("--model",)),
+    "--host": Flag("str"),
+    "--port": Flag("int"),
+    "--revision": Flag("str"),
+    "--tensor-parallel-size": Flag("int", ("--tp-size",)),
+    "--quantization": Flag("str", choices=SGLANG_QUANTIZATION),
+    "--dtype": Flag("str", choices=DTYPES),
+    "--context-length": Flag("int"),
+    "--json-model-override-args": Flag("json"),
+    "--mem-fraction-static": Flag("float"),
+    "--trust-remote-code": Flag("bool"),
+    "--enable-metrics": Flag("bool"),
+    "--served-model-name": Flag("str"),
+    "--max-running-requests": Flag("int"),
+    "--chunked-prefill-size": Flag("int"),
+    "--reasoning-parser": Flag("str"),
+}
+
+FLAGS = {"vllm": VLLM_FLAGS, "sglang": SGLANG_FLAGS}
+TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "json": json.loads, "str+": str}
+
+
+def parser(kind: str) -> argparse.ArgumentParser:
+    """A parser accepting exactly the engine's flags above, spelled in full. Stricter than the engines: both
+    take a unique prefix (argparse's default), and vLLM's FlexibleArgumentParser also `_` for `-` and
+    `--json-flag.key value`; the operator writes every flag in full (docs/crds.md: what extraArgs can
+    still override)."""
+    out = argparse.ArgumentParser(prog=kind, allow_abbrev=False, exit_on_error=False)
+    if kind == "vllm":
+        out.add_argument("model_tag")  # `vllm serve MODEL`
+    for name, flag in FLAGS[kind].items():
+        names = [name, *flag.aliases]
+        if flag.value == "bool":
+            action = argparse.BooleanOptionalAction if kind == "vllm" else "store_true"
+            out.add_argument(*names, action=action)
+        else:
+            nargs = "+" if flag.value == "str+" else None
+            out.add_argument(*names, type=TYPES[flag.value], choices=flag.choices or None, nargs=nargs)
+    return out
+
+
+def parse(kind: str, args: list[str]) -> argparse.Namespace:
+    # exit_on_error=False still exits on an unknown flag (argparse's parse_args): catch it as a failure.
+    namespace, unknown = parser(kind).parse_known_args(args)
+    assert unknown == [], f"{kind} has no flag {unknown}"
+    return namespace
+
+
+def examples() -> dict[str, QuasarMinerSpec]:
+    found = {}
+    for path in sorted(Path(CRD_DIR / "examples").glob("quasarminer*.yaml")):
+        spec = QuasarMinerSpec.model_validate(yaml.safe_load(path.read_text())["spec"])
+        if spec.engine.kind != "tgi":
+            found[path.name] = spec
+    return found
+
+
+def every_field(kind: str) -> QuasarMinerSpec:
+    return QuasarMinerSpec.model_validate(
+        {
+            "model": {
+                "id": "Qwen/Qwen3-Next-80B-A3B-Thinking",
+                "revision": "0123abc",
+                "maxTotalTokens": 1_010_000,
+                "quantize": "fp8",
+                "dtype": "bfloat16",
+                "ropeScaling": {"type": "yarn", "factor": 4.0, "originalMaxPositionEmbeddings": 262_144},
+                "gpuMemoryFraction": 0.85,
+                "trustRemoteCode": True,
+                "gpusPerReplica": 8,
+                "shards": 4,
+            },
+            "engine": {"kind": kind},
+            "wallet": {"secretName": "w"},
+            "subnet": {"netuid": 1},
+        }
+    )
+
+
+SPECS = {
+    **{f"example {name}": spec for name, spec in examples().items()},
+    **{f"every field on {kind}": every_field(kind) for kind in FLAGS},
+}
+
+
+def test_the_seed_examples_cover_both_openai_engines() -> None:
+    assert {spec.engine.kind for spec in examples().values()} == {"vllm", "sglang"}
+
+
+@pytest.mark.parametrize("spec", SPECS.values(), ids=SPECS.keys())
+def test_the_engine_parses_every_argument_built_and_reads_the_spec_back(spec: QuasarMinerSpec) -> None:
+    kind, model = spec.engine.kind, spec.model
+    parsed = parse(kind, engine_args(spec))
+    # What the engine would run with is what the spec says.
+    if kind == "vllm":
+        assert parsed.model_tag == model.id
+        assert (parsed.max_model_len, parsed.gpu_memory_utilization) == (
+            model.max_total_tokens,
+            model.gpu_memory_fraction,
+        )
+        rope = parsed.rope_scaling
+    else:
+        assert parsed.model_path == model.id
+        assert (parsed.context_length, parsed.mem_fraction_static) == (
+            model.max_total_tokens,
+            model.gpu_memory_fraction,
+        )
+        assert parsed.enable_metrics  # the autoscaling gauges
+        rope = (parsed.json_model_override_args or {}).get("rope_scaling")
+    assert parsed.tensor_parallel_size == (model.shards or model.gpus_per_replica)
+    assert (parsed.quantization, parsed.dtype, parsed.revision) == (
+        model.quantize,
+        model.dtype,
+        model.revision,
+    )
+    assert bool(parsed.trust_remote_code) == model.trust_remote_code
+    assert (parsed.host, parsed.port) == ("0.0.0.0", spec.engine.container_port)
+    if model.rope_scaling is None:
+        assert rope is None
+    else:
+        assert (rope["rope_type"], rope["factor"]) == (model.rope_scaling.type, model.rope_scaling.factor)
+        assert (
+            rope.get("original_max_position_embeddings")
+            == model.rope_scaling.original_max_position_embeddings
+        )
+
+
+@pytest.mark.parametrize("kind", sorted(FLAGS))
+def test_every_quantize_the_crd_lets_through_is_among_the_engines_choices(kind: str) -> None:
+    choices = FLAGS[kind]["--quantization"].choices
+    assert set(ENGINE_QUANTIZE[kind]) <= set(choices)
+
+
+def spellings(kind: str, name: str) -> set[str]:
+    """Every spelling of the flag `name` in the engine's table (itself and its aliases)."""
+    for canonical, flag in FLAGS[kind].items():
+        names = {canonical, *flag.aliases}
+        if name in names:
+            return names
+    raise AssertionError(f"{kind} has no flag {name}")
+
+
+@pytest.mark.parametrize("kind", sorted(FLAGS))
+def test_every_flag_the_operator_derives_is_refused_in_extra_args(kind: str) -> None:
+    """A derived flag repeated in extraArgs, under any of its spellings, would win (argparse keeps the
+    last) and make the spec lie: the CRD refuses every spelling."""
+    built = engine_args(every_field(kind))
+    derived = {arg.split("=", 1)[0] for arg in built if arg.startswith("-")} - {"--enable-metrics"}
+    guarded = set(MANAGED_ENGINE_FLAGS) | set(MEMORY_FRACTION_FLAGS)
+    for name in derived:
+        assert spellings(kind, name) <= guarded, f"{kind}: {name} can be repeated through extraArgs"
+
+
+@pytest.mark.parametrize("kind", sorted(FLAGS))
+def test_the_parsers_refuse_what_the_engines_refuse(kind: str) -> None:
+    args = ["m"] if kind == "vllm" else ["--model-path", "m"]
+    for bad in (["--no-such-flag"], ["--dtype", "fp64"], ["--quantization", "exl2"], ["--port", "eighty"]):
+        with pytest.raises((argparse.ArgumentError, AssertionError)):
+            parse(kind, [*args, *bad])

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluation.buckets import BUCKETS
+from evaluation.buckets import BUCKETS, DEVELOPMENT_BUCKETS
 from evaluation.errors import InputError
 from evaluation.tasks import DEFAULT_TASKS, TASKS
 
@@ -66,9 +66,23 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         description="Build long-context tasks, query an engine, score the answers, turn them into rewards.",
     )
     run.add_argument("--endpoint", help="engine base URL; without it the built-in local model answers")
-    run.add_argument("--engine", choices=["tgi", "openai"], default="tgi", help="engine API (default: tgi)")
     run.add_argument(
-        "--model", help="model id: the tokenizer for bucket sizes, and the model name for openai"
+        "--engine",
+        choices=["tgi", "vllm", "sglang", "openai"],
+        default="tgi",
+        help="the server at --endpoint: tgi (/generate), vllm, sglang or another openai-compatible one "
+        "(default: tgi)",
+    )
+    run.add_argument(
+        "--api",
+        choices=["chat", "completions"],
+        default="chat",
+        help="for vllm, sglang and openai: chat (instruct models: the server applies the chat template) or "
+        "completions (base models) (default: chat)",
+    )
+    run.add_argument(
+        "--model",
+        help="model id: the tokenizer for bucket sizes, and the model name sent to vllm, sglang and openai",
     )
     run.add_argument(
         "--tasks",
@@ -80,7 +94,8 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         "--lengths",
         type=_csv,
         default=["32k"],
-        help=f"comma list of buckets: {', '.join(BUCKETS)} (default: 32k)",
+        help=f"comma list of buckets: {', '.join(BUCKETS)}, or development sizes for CPUs: "
+        f"{', '.join(DEVELOPMENT_BUCKETS)} (default: 32k)",
     )
     run.add_argument("--samples", type=int, default=1, help="samples per task and bucket (default: 1)")
     run.add_argument("--seed", type=int, default=0, help="seed for context construction (default: 0)")

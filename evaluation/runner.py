@@ -12,13 +12,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 from tqdm import tqdm
 
 from evaluation.buckets import bucket_tokens
 from evaluation.contexts import build_items
-from evaluation.engines import Engine, EngineError, EngineInfo, make_engine
+from evaluation.engines import Engine, EngineApi, EngineError, EngineInfo, EngineKind, make_engine
 from evaluation.errors import InputError
 from evaluation.files import write_json_atomic
 from evaluation.grading import grade
@@ -27,8 +26,6 @@ from evaluation.longbench import load_records
 from evaluation.rewards import RewardRule
 from evaluation.tasks import EvalItem, get_task
 from evaluation.tokenizer import load_tokenizer
-
-EngineKind = Literal["tgi", "openai", "local"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +42,9 @@ class RunOptions:
     concurrency: int = 1
     output: Path | None = None
     rewards: RewardRule = field(default_factory=RewardRule)
+    api: EngineApi = (
+        "chat"  # vLLM, SGLang, openai: chat (the server applies the chat template) or completions
+    )
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -76,6 +76,7 @@ class RunOptions:
             timeout_s=args.timeout,
             concurrency=args.concurrency,
             output=args.output,
+            api=args.api,
         )
 
 
@@ -218,7 +219,7 @@ async def _evaluate(
     # The local engine runs a built-in model by name (tiny, gemma3-270m) or a folder; an HTTP engine is sent
     # the name as it was given.
     model = resolve_model(options.model) if options.engine == "local" else options.model
-    engine = make_engine(options.engine, options.endpoint, model, options.timeout_s)
+    engine = make_engine(options.engine, options.endpoint, model, options.timeout_s, options.api)
     try:
         info = await engine.info()
         with tqdm(total=len(items), desc="answering", unit="prompt", file=sys.stderr) as bar:

@@ -16,6 +16,7 @@ from evaluation.rewards import RewardRule
 from evaluation.tasks import DEFAULT_TASKS
 from evaluation.tokenizer import load_tokenizer
 from quasar_cli import main
+from tests.fake_openai_engines import FakeOpenAIEngine, FakeSGLang, FakeVLLM
 from tests.fake_tgi import FakeTGI
 
 TASKS = ["niah_single", "variable_tracking"]
@@ -34,7 +35,7 @@ def server() -> Iterator[FakeTGI]:
         yield fake
 
 
-def _run(server: FakeTGI, output: Path, *extra: str) -> int:
+def _run(server: FakeTGI | FakeOpenAIEngine, output: Path, *extra: str) -> int:
     args = ["eval", "run", "--endpoint", server.url, "--tasks", ",".join(TASKS), "--lengths", "32k"]
     return main([*args, "--samples", "2", "--seed", "7", "--output", str(output), *extra])
 
@@ -175,3 +176,29 @@ def test_a_cached_data_zip_is_used_without_asking_the_hub(tmp_path: Path) -> Non
     assert "data.zip" not in done.stderr
     assert f"127.0.0.1:{endpoint.rsplit(':', 1)[1]}" in done.stderr
     assert done.returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("engine", "api", "path"),
+    [
+        ("vllm", "completions", "/v1/completions"),
+        ("vllm", "chat", "/v1/chat/completions"),
+        ("sglang", "completions", "/v1/completions"),
+        ("sglang", "chat", "/v1/chat/completions"),
+    ],
+)
+def test_vllm_and_sglang_are_asked_through_the_api_chosen(
+    engine: str, api: str, path: str, answers_by_prompt: dict[str, str], tmp_path: Path
+) -> None:
+    double = {"vllm": FakeVLLM, "sglang": FakeSGLang}[engine]
+    with double(max_model_len=1_000_000) as fake:
+        fake.answer = lambda prompt: answers_by_prompt.get(prompt, "not a prompt we built")
+        assert _run(fake, tmp_path / "out.json", "--engine", engine, "--api", api) == 0
+    generations = [r for r in fake.requests if r.method == "POST"]
+    assert generations
+    assert {r.path for r in generations} == {path}
+    saved = json.loads((tmp_path / "out.json").read_text())
+    # A completion is answered for the raw prompt; the chat double wraps it in its template, so only the
+    # completions API gets the perfect reader's answers back.
+    if api == "completions":
+        assert all(c["accuracy"] == 1.0 for c in saved["summary"])

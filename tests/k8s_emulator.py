@@ -83,7 +83,12 @@ TEST_AGENT = "quasar-tests"
 
 # Fast enough for a test, slow enough that every timer tick is not a reconcile storm.
 TEST_SETTINGS = Settings(
-    namespaces=None, drift_interval=1.0, retry_delay=0.5, watch_server_timeout=10, watch_client_timeout=15
+    namespaces=None,
+    listen_address="127.0.0.1",
+    drift_interval=1.0,
+    retry_delay=0.5,
+    watch_server_timeout=10,
+    watch_client_timeout=15,
 )
 
 

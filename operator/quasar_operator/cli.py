@@ -33,7 +33,7 @@ async def run(
         standalone=True,
         clusterwide=settings.namespaces is None,
         namespaces=settings.namespaces or (),
-        liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz",
+        liveness_endpoint=f"http://{settings.listen_address}:{settings.liveness_port}/healthz",
         stop_flag=stop_flag,
         ready_flag=ready_flag,
     )
@@ -91,6 +91,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "quasar operator") -> in
         print(f"{prog}: {problem} (--wait-for-cluster waits for one)", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
-    start_http_server(settings.metrics_port)
+    start_http_server(settings.metrics_port, addr=settings.listen_address)
     asyncio.run(run(settings))
     return 0

@@ -45,6 +45,9 @@ class Settings:
     retry_delay: float = 30.0
     # Seconds an API request to the operator's own client may take.
     request_timeout: float = 30.0
+    # Where the liveness and metrics endpoints listen: every address in a pod (the kubelet probes the pod's
+    # IP); the tests give 127.0.0.1.
+    listen_address: str = "0.0.0.0"
     liveness_port: int = 8080
     metrics_port: int = 9090
     # With no credentials at start, retry the login (kopf's backoff) instead of exiting with one line.
@@ -67,4 +70,5 @@ class Settings:
             scale_interval=_float(env, "QUASAR_OPERATOR_SCALE_INTERVAL", cls.scale_interval),
             cluster_ttl=_float(env, "QUASAR_OPERATOR_CLUSTER_TTL", cls.cluster_ttl),
             retry_delay=_float(env, "QUASAR_OPERATOR_RETRY_DELAY", cls.retry_delay),
+            listen_address=env.get("QUASAR_OPERATOR_LISTEN_ADDRESS") or cls.listen_address,
         )

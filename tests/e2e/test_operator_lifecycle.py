@@ -1,0 +1,478 @@
+"""The operator on the real control plane: `quasar operator run` as the chart's ServiceAccount (a token from
+the TokenRequest API, the chart's RBAC installed by the real helm) reconciling QuasarMiners and
+QuasarValidators whose pods the real scheduler puts on hollow GPU nodes.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from scripts.k8s import cluster as k8s
+from tests.e2e.conftest import REPO, Kube
+from tests.e2e.test_control_plane import eventually, get
+
+Obj = dict[str, Any]
+CHART = REPO / "charts" / "quasar"
+QUASAR = Path(sys.executable).parent / "quasar"
+MANAGER = "quasar-operator"
+# Fast enough for a test: every drift tick is a reconcile that must write nothing.
+OPERATOR_ENV = {
+    "QUASAR_OPERATOR_DRIFT_INTERVAL": "2",
+    "QUASAR_OPERATOR_RETRY_DELAY": "2",
+    "QUASAR_OPERATOR_SCALE_INTERVAL": "2",
+    "QUASAR_OPERATOR_CLUSTER_TTL": "0",
+    "QUASAR_OPERATOR_LISTEN_ADDRESS": "127.0.0.1",
+}
+DRIFT_TICK = "Timer 'drift' succeeded"
+WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
+# What the operator writes. Of its children only the objects themselves: the controllers write their
+# status subresource. Events: the operator's (kopf posts them to core v1), and any other component's.
+WRITTEN = {
+    ("quasar.ai", "quasarminers"),
+    ("quasar.ai", "quasarvalidators"),
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("", "services"),
+    ("", "persistentvolumeclaims"),
+    ("policy", "poddisruptionbudgets"),
+    ("", "events"),
+}
+
+
+def operator_writes(cluster: k8s.Cluster) -> dict[str, float]:
+    """Write requests the API server has served on what the operator writes, by `verb resource/sub`
+    (its `apiserver_request_total`), since it started. Events are counted whatever their source."""
+    counts: dict[str, float] = {}
+    text = cluster.request("GET", "/metrics").decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name != "apiserver_request_total" or labels.get("verb") not in WRITE_VERBS:
+                continue
+            if (labels.get("group", ""), labels.get("resource")) not in WRITTEN:
+                continue
+            subresource = labels.get("subresource", "")
+            if subresource and labels["group"] != "quasar.ai":
+                continue  # a child's status: its controller's
+            key = f"{labels['verb']} {labels['resource']}" + (f"/{subresource}" if subresource else "")
+            counts[key] = counts.get(key, 0.0) + sample.value
+    return counts
+
+
+@dataclass
+class Operator:
+    """`quasar operator run -n NAMESPACE` in a process of its own, as the chart's ServiceAccount."""
+
+    namespace: str
+    storage_class: str
+    release: str
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def drift_ticks(self) -> int:
+        return self.log.read_text(encoding="utf-8", errors="replace").count(DRIFT_TICK)
+
+    def wait_ticks(self, count: int) -> None:
+        """Until `count` more drift reconciles have finished (each reads every child and decides)."""
+        target = self.drift_ticks() + count
+        eventually(f"{count} drift reconciles", lambda: self.drift_ticks() >= target)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def token_kubeconfig(cluster: k8s.Cluster, kube: Kube, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig for `account`, with a token from the TokenRequest API (`kubectl create token`)."""
+    token = kube.kubectl("create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "e2e",
+                "cluster": {"server": cluster.server, "certificate-authority": str(cluster.certificates.ca)},
+            }
+        ],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": account, "namespace": namespace}}],
+        "current-context": "e2e",
+    }
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+def local_storage(kube: Kube, name: str, folder: Path, volumes: int) -> None:
+    """A StorageClass of the test's own with `volumes` bound-on-creation PersistentVolumes (host paths)."""
+    objects: list[Obj] = [
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": name},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "Immediate",
+        }
+    ]
+    for index in range(volumes):
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"{name}-{index}", "labels": {"e2e-storage": name}},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
+                    "storageClassName": name,
+                    "hostPath": {"path": str(folder / str(index))},
+                },
+            }
+        )
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+
+
+@pytest.fixture
+def operator(
+    cluster: k8s.Cluster, kube: Kube, namespace: str, tmp_path: Path, crds_installed: None
+) -> Iterator[Operator]:
+    release = f"q{uuid.uuid4().hex[:6]}"  # its ClusterRole is cluster-wide: a name no other test uses
+    kube.helm(
+        "install",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "--set-json",
+        f'operator.watchNamespaces=["{namespace}"]',
+    )
+    manifest = kube.helm("get", "manifest", release, "-n", namespace).stdout
+    (account,) = [
+        d["metadata"]["name"] for d in yaml.safe_load_all(manifest) if d and d["kind"] == "ServiceAccount"
+    ]
+    kube.kubectl(
+        "create", "secret", "generic", "wallet", "-n", namespace,
+        "--from-literal=hotkey={}", "--from-literal=coldkeypub.txt={}",
+    )  # fmt: skip
+    storage_class = f"e2e-{namespace}"
+    local_storage(kube, storage_class, tmp_path / "volumes", volumes=2)
+    running = Operator(namespace, storage_class, release, tmp_path / "operator.log")
+    env = {
+        **os.environ,
+        **OPERATOR_ENV,
+        "KUBECONFIG": str(
+            token_kubeconfig(cluster, kube, namespace, account, tmp_path / "operator.kubeconfig")
+        ),
+    }
+    argv = [str(QUASAR), "operator", "run", "-n", namespace]
+    ports = ["--liveness-port", str(k8s.free_port()), "--metrics-port", str(k8s.free_port())]
+    with running.log.open("wb") as out:
+        running.process = subprocess.Popen([*argv, *ports], stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield running
+    finally:
+        running.stop()
+        kube.helm("uninstall", release, "-n", namespace, "--wait", "--timeout=60s", check=False)
+        kube.kubectl("delete", "pv", "-l", f"e2e-storage={storage_class}", "--wait=false", check=False)
+        kube.kubectl("delete", "storageclass", storage_class, check=False)
+        # Nothing the operator logged is a traceback (a failure it reports is one line).
+        assert "Traceback" not in running.log.read_text(encoding="utf-8", errors="replace")
+
+
+def miner(operator: Operator, name: str = "m1", **spec: Any) -> Obj:
+    return {
+        "apiVersion": "quasar.ai/v1alpha1",
+        "kind": "QuasarMiner",
+        "metadata": {"name": name, "namespace": operator.namespace},
+        "spec": {
+            "model": {"id": "Qwen/Qwen2.5-7B-Instruct-1M"},
+            "wallet": {"secretName": "wallet"},
+            "subnet": {"netuid": 7},
+            # A fixed address: no cloud controller gives the LoadBalancer one (nothing dials it).
+            "exposure": {"externalIP": "203.0.113.7"},
+            "cache": {
+                "size": "1Gi",
+                "storageClassName": operator.storage_class,
+                "accessMode": "ReadWriteMany",
+            },
+            "pod": {"nodeSelector": {k8s.POOL_LABEL: "h100"}},
+            **spec,
+        },
+    }
+
+
+def children(name: str) -> list[str]:
+    base = f"{name}-miner"
+    return [
+        f"deployment/{base}",
+        f"service/{base}",
+        f"service/{base}-metrics",
+        f"poddisruptionbudget/{base}",
+        f"persistentvolumeclaim/{base}-cache",
+    ]
+
+
+def conditions(body: Obj) -> dict[str, Obj]:
+    return {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
+
+
+def condition_is(kube: Kube, namespace: str, name: str, type_: str, status: str) -> bool:
+    found = conditions(get(kube, "-n", namespace, f"quasarminer/{name}")).get(type_)
+    return found is not None and found["status"] == status
+
+
+def ready_replicas(kube: Kube, namespace: str, name: str, count: int) -> bool:
+    body = get(kube, "-n", namespace, f"quasarminer/{name}")
+    status = body.get("status") or {}
+    return status.get("readyReplicas") == count and conditions(body).get("Ready", {}).get("status") == "True"
+
+
+def apply(kube: Kube, body: Obj) -> None:
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(body))
+
+
+def with_fields(kube: Kube, namespace: str, path: str) -> Obj:
+    """The object with its managedFields (kubectl leaves them out unless asked)."""
+    found: Obj = get(kube, "--show-managed-fields", "-n", namespace, path)
+    return found
+
+
+def managers(obj: Obj) -> list[tuple[str, str, str]]:
+    return [
+        (entry["manager"], entry["operation"], entry.get("subresource", ""))
+        for entry in obj["metadata"].get("managedFields") or []
+    ]
+
+
+def owned_by_operator(obj: Obj) -> Obj:
+    (entry,) = [
+        e["fieldsV1"]
+        for e in obj["metadata"]["managedFields"]
+        if (e["manager"], e["operation"]) == (MANAGER, "Apply")
+    ]
+    fields: Obj = entry
+    return fields
+
+
+def table(kube: Kube, *args: str) -> dict[str, str]:
+    """`kubectl get` as a person reads it: the one row under its header, column by column."""
+    header, row = kube.kubectl("get", *args).stdout.splitlines()
+    starts = [match.start() for match in re.finditer(r"\S+(?: \S+)*", header)]
+    ends = [*starts[1:], None]
+    return {header[a:b].strip(): row[a:b].strip() for a, b in zip(starts, ends, strict=True)}
+
+
+def gpu_pods(kube: Kube, namespace: str, name: str) -> list[Obj]:
+    pods = get(kube, "pods", "-n", namespace)["items"]
+    return [p for p in pods if p["metadata"]["name"].startswith(f"{name}-miner-")]
+
+
+# ------------------------------------------------------------------------------------------ the tests
+
+
+def test_a_miner_runs_on_hollow_gpu_nodes_reads_right_in_kubectl_and_scales(
+    kube: Kube, operator: Operator
+) -> None:
+    ns = operator.namespace
+    apply(kube, miner(operator))
+    kube.kubectl("wait", "-n", ns, "quasarminer/m1", "--for=condition=Ready", "--timeout=90s")
+    body = with_fields(kube, ns, "quasarminer/m1")
+    state = conditions(body)
+    assert [(t, state[t]["status"]) for t in ("Ready", "Reconciled", "Degraded", "Progressing")] == [
+        ("Ready", "True"),
+        ("Reconciled", "True"),
+        ("Degraded", "False"),
+        ("Progressing", "False"),
+    ]
+    assert all(c["observedGeneration"] == body["metadata"]["generation"] for c in state.values())
+    # The status went through the status subresource, the children through server-side apply.
+    assert ("kopf", "Update", "status") in managers(body)
+    for child in children("m1"):
+        assert (MANAGER, "Apply", "") in managers(with_fields(kube, ns, child)), child
+
+    # Scheduled onto the h100 pool's hollow node, its GPU counted, Ready.
+    nodes = {n["metadata"]["name"]: n for n in get(kube, "nodes")["items"]}
+    (pod,) = gpu_pods(kube, ns, "m1")
+    assert nodes[pod["spec"]["nodeName"]]["metadata"]["labels"][k8s.POOL_LABEL] == "h100"
+    assert any(c.get("resources", {}).get("limits", {}).get(k8s.GPU) for c in pod["spec"]["containers"])
+    assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
+
+    # The printer columns say what the object holds.
+    columns = table(kube, "-n", ns, "quasarminer/m1", "-o", "wide")
+    assert columns["NAME"] == "m1"
+    assert columns["MODEL"] == body["spec"]["model"]["id"]
+    assert columns["DESIRED"] == str(body["status"]["desiredReplicas"]) == "1"
+    assert columns["READY"] == str(body["status"]["readyReplicas"]) == "1"
+    assert columns["ENDPOINT"] == body["status"]["endpoint"] == "203.0.113.7:8091"
+    assert columns["STATUS"] == state["Ready"]["status"]
+
+    # `kubectl scale` goes through the scale subresource; the operator follows spec.replicas.
+    kube.kubectl("scale", "-n", ns, "quasarminer/m1", "--replicas=2")
+    scaled = with_fields(kube, ns, "quasarminer/m1")
+    assert scaled["spec"]["replicas"] == 2
+    assert any(entry[2] == "scale" for entry in managers(scaled))
+    eventually("two ready replicas", lambda: ready_replicas(kube, ns, "m1", 2), timeout=90)
+    assert get(kube, "-n", ns, "deployment/m1-miner")["spec"]["replicas"] == 2
+    assert len(gpu_pods(kube, ns, "m1")) == 2
+    assert table(kube, "-n", ns, "quasarminer/m1")["READY"] == "2"
+
+
+def test_at_rest_the_operator_writes_nothing_and_takes_its_fields_back(
+    cluster: k8s.Cluster, kube: Kube, operator: Operator
+) -> None:
+    ns = operator.namespace
+    apply(kube, miner(operator))
+    kube.kubectl("wait", "-n", ns, "quasarminer/m1", "--for=condition=Ready", "--timeout=90s")
+    watched = ["quasarminer/m1", *children("m1")]
+
+    def versions() -> dict[str, str]:
+        return {path: get(kube, "-n", ns, path)["metadata"]["resourceVersion"] for path in watched}
+
+    operator.wait_ticks(1)  # the reconcile that saw the pod become ready has written its status
+    before, writes = versions(), operator_writes(cluster)
+    operator.wait_ticks(3)
+    # Three reconciles of every child: not one write request (an apply that changes nothing counts too).
+    assert operator_writes(cluster) == writes
+    assert versions() == before
+
+    # Someone else sets a field the operator applies (`kubectl scale` on the Deployment: an update, which
+    # takes the field's ownership) and adds one of their own: the operator forces its field back and
+    # leaves theirs.
+    kube.kubectl("scale", "-n", ns, "deployment/m1-miner", "--replicas=3")
+    kube.kubectl("annotate", "-n", ns, "deployment/m1-miner", "example.com/owner=mining-team")
+    eventually(
+        "replicas taken back",
+        lambda: get(kube, "-n", ns, "deployment/m1-miner")["spec"]["replicas"] == 1,
+    )
+    deployment = with_fields(kube, ns, "deployment/m1-miner")
+    assert deployment["metadata"]["annotations"]["example.com/owner"] == "mining-team"
+    assert "f:replicas" in owned_by_operator(deployment)["f:spec"]
+
+    # An apply by another manager that sets the operator's field conflicts, naming the owner.
+    intruder = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "m1-miner", "namespace": ns},
+        "spec": {"replicas": 5},
+    }
+    refused = kube.kubectl(
+        "apply",
+        "--server-side",
+        "--field-manager=intruder",
+        "-f",
+        "-",
+        stdin=json.dumps(intruder),
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "conflict" in refused.stderr.lower()
+    assert MANAGER in refused.stderr
+
+
+def test_deleting_a_miner_collects_its_children_through_the_garbage_collector(
+    kube: Kube, operator: Operator
+) -> None:
+    ns = operator.namespace
+    apply(kube, miner(operator))
+    kube.kubectl("wait", "-n", ns, "quasarminer/m1", "--for=condition=Ready", "--timeout=90s")
+    uid = get(kube, "-n", ns, "quasarminer/m1")["metadata"]["uid"]
+    for child in children("m1"):
+        (ref,) = get(kube, "-n", ns, child)["metadata"]["ownerReferences"]
+        assert (ref["uid"], ref["controller"], ref["blockOwnerDeletion"]) == (uid, True, True), child
+
+    # Without the operator (and its finalizer), only the garbage collector can remove the children.
+    operator.stop()
+    kube.kubectl(
+        "patch",
+        "-n",
+        ns,
+        "quasarminer/m1",
+        "--type=json",
+        "-p",
+        '[{"op":"remove","path":"/metadata/finalizers"}]',
+    )
+    kube.kubectl("delete", "-n", ns, "quasarminer/m1", "--wait=true", "--timeout=60s")
+
+    def collected() -> bool:
+        left = kube.kubectl(
+            "get", "-n", ns, *children("m1"), "--ignore-not-found", "-o", "name"
+        ).stdout.split()
+        pods = [
+            p
+            for p in get(kube, "pods,replicasets", "-n", ns)["items"]
+            if p["metadata"]["name"].startswith("m1-")
+        ]
+        return not left and not pods
+
+    eventually("children, ReplicaSets and pods collected", collected, timeout=90)
+
+
+def test_a_verb_missing_from_the_role_degrades_the_miner_until_granted(
+    kube: Kube, operator: Operator
+) -> None:
+    ns = operator.namespace
+    role = get(kube, "-n", ns, "role", f"{operator.release}-quasar")
+    granted = json.loads(json.dumps(role))
+    for rule in role["rules"]:
+        if rule["resources"] == ["deployments"]:
+            rule["verbs"].remove("patch")  # server-side apply is a PATCH
+    kube.kubectl("replace", "-f", "-", stdin=json.dumps(role))
+
+    apply(kube, miner(operator))
+    eventually("Degraded", lambda: condition_is(kube, ns, "m1", "Degraded", "True"), timeout=60)
+    degraded = conditions(get(kube, "-n", ns, "quasarminer/m1"))["Degraded"]
+    assert degraded["reason"] == "ApiError"
+    assert "forbidden" in degraded["message"]
+    assert "deployments" in degraded["message"]
+    assert get(kube, "-n", ns, "service/m1-miner")  # what it may apply, it applied
+    warnings = get(kube, "events", "-n", ns, "--field-selector", "involvedObject.name=m1,type=Warning")[
+        "items"
+    ]
+    assert "ApiError" in {e["reason"] for e in warnings}
+
+    granted["metadata"].pop("resourceVersion", None)
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps(granted))
+    eventually("Ready once granted", lambda: condition_is(kube, ns, "m1", "Ready", "True"), timeout=90)
+    assert condition_is(kube, ns, "m1", "Degraded", "False")
+
+
+def test_a_validators_statefulset_and_state_claim_bind(kube: Kube, operator: Operator) -> None:
+    ns = operator.namespace
+    validator = {
+        "apiVersion": "quasar.ai/v1alpha1",
+        "kind": "QuasarValidator",
+        "metadata": {"name": "v1", "namespace": ns},
+        "spec": {
+            "wallet": {"secretName": "wallet"},
+            "subnet": {"netuid": 7},
+            "state": {"size": "1Gi", "storageClassName": operator.storage_class},
+        },
+    }
+    apply(kube, validator)
+    kube.kubectl("wait", "-n", ns, "quasarvalidator/v1", "--for=condition=Ready", "--timeout=90s")
+    statefulset = get(kube, "-n", ns, "statefulset/v1-validator")
+    assert statefulset["status"]["readyReplicas"] == 1
+    (template,) = statefulset["spec"]["volumeClaimTemplates"]
+    claim = get(kube, "-n", ns, f"pvc/{template['metadata']['name']}-v1-validator-0")
+    assert claim["status"]["phase"] == "Bound"
+    volume = get(kube, "pv", claim["spec"]["volumeName"])
+    assert volume["spec"]["storageClassName"] == operator.storage_class
+    assert volume["spec"]["claimRef"]["name"] == claim["metadata"]["name"]
+    pod = get(kube, "-n", ns, "pod/v1-validator-0")
+    assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"

@@ -118,7 +118,13 @@ async def measure(count: int, timeout: float, workdir: Path) -> Outcome:
     async with emulator(log_requests=False) as server, client(server) as api:
         await api.create(
             object_path("Secret", NAMESPACE),
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "miner-wallet"}, "data": {}},
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "miner-wallet"},
+                # The keys the pods mount (values base64): the operator refuses a Secret without them.
+                "data": {"hotkey": "e30=", "coldkeypub.txt": "e30="},
+            },
         )
         config = workdir / "kubeconfig"
         kubeconfig(config, url(server))

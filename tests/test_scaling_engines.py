@@ -16,7 +16,7 @@ import pytest
 from quasar_operator.apply import KubeApi, object_path
 
 from tests.fake_openai_engines import FakeOpenAIEngine, FakeSGLang, FakeVLLM
-from tests.k8s_emulator import client, emulator, operator
+from tests.k8s_emulator import client, emulator, eventually, operator
 from tests.sim_cluster import SimCluster
 from tests.test_operator import CRS, NS, secret
 from tests.test_scaling_operator import PATH, SETTINGS, events, placed, pool, until_pools
@@ -144,8 +144,17 @@ async def test_load_on_the_engines_own_gauge_scales_up_then_down(
             await until_pools(api, {"h100": (4, 4)}, "scaled to maxReplicas on the engine's gauge")
             status = (await api.get(PATH) or {})["status"]
             assert metric in status["lastScale"]["reason"]
-            # The value the operator decided on is what the engine exports under its own name.
-            assert status["metricValue"] == await engine_metric(sim, GAUGES[kind][metric])
+            # The value the operator reads is what the engine exports under its own name (once every new
+            # replica's double reports the load: a fresh one reads 0 until then).
+            expected = await engine_metric(sim, GAUGES[kind][metric])
+
+            async def reads_the_gauge() -> bool:
+                found = ((await api.get(PATH) or {}).get("status") or {}).get("metricValue")
+                return found == expected
+
+            await eventually(
+                reads_the_gauge, what=f"status.metricValue == {GAUGES[kind][metric]} ({expected})"
+            )
             assert events(server, "Scaled")
             sim.load = 0.0
             await until_pools(api, {"h100": (1, 1)}, "scaled back down at rest")

@@ -6,7 +6,8 @@ Each round: read the metagraph, sample miners, choose a task and a bucket by the
 once, encode it once, query every sampled miner concurrently with signed requests, grade, reward, and fold
 the rewards into per-bucket then combined moving averages, saved after every round (neurons/state.py).
 Weights go to the chain every `--neuron.epoch_length` blocks in the background, with retries and backoff:
-an unreachable chain never stops scoring. See docs/validator.md.
+an unreachable chain never stops scoring. With `--metrics.port`, rounds, queries, weight setting and each
+uid's score and weight are served as Prometheus metrics on `/metrics`. See docs/validator.md.
 """
 
 import argparse
@@ -18,20 +19,32 @@ import os
 import random
 import secrets
 import signal
+import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 from evaluation.buckets import MAX_BUCKET_SHARE
 from evaluation.contexts import Records, build_item
 from evaluation.errors import InputError
 from evaluation.files import write_json_atomic
 from evaluation.grading import grade
+from evaluation.http_guard import GuardedSite, serve_guarded
 from evaluation.rewards import RewardRule
 from evaluation.tasks import EvalItem, get_task
 from evaluation.tokenizer import Tokenizer, load_tokenizer
@@ -61,6 +74,10 @@ WEIGHT_BACKOFF_S = 2.0
 MOCK_DEADLINE_BASE_S = 300.0
 # Pause after a round that had nothing to do (no miners, chain down with no metagraph yet).
 IDLE_PAUSE_S = 12.0
+# All interfaces: Prometheus scrapes the pod's address. Tests and local runs pass --metrics.host 127.0.0.1.
+DEFAULT_METRICS_HOST = "0.0.0.0"
+# A round lasts from about a second (32k, fast miners) to the longest deadline (600 s) plus the prompt build.
+ROUND_BUCKETS_S = (1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640, 1280)
 
 
 @dataclass(frozen=True)
@@ -91,10 +108,18 @@ class ValidatorConfig:
     summary_json: Path | None = None
     weight_attempts: int = WEIGHT_ATTEMPTS
     weight_backoff_s: float = WEIGHT_BACKOFF_S
+    metrics_host: str = DEFAULT_METRICS_HOST
+    metrics_port: int | None = None  # None: no metrics server; 0: any free port
 
 
 # ---------------------------------------------------------------------------------------------------------
 # One query
+
+
+# How a query ended: answered (graded; it may still be wrong), timeout, refused (an HTTP status other than
+# 200), unreachable (no connection), invalid (an undecodable response or another task's answer).
+QueryOutcome = Literal["answered", "timeout", "refused", "unreachable", "invalid"]
+QUERY_OUTCOMES: tuple[QueryOutcome, ...] = ("answered", "timeout", "refused", "unreachable", "invalid")
 
 
 @dataclass(frozen=True)
@@ -103,6 +128,7 @@ class Answer:
     text: str | None  # None: no valid answer (the error says why)
     error: str | None
     latency_s: float
+    outcome: QueryOutcome
 
 
 async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -129,8 +155,8 @@ async def query_miner(
     headers = {**protocol.REQUEST_HEADERS, **signed_headers(wallet, body, miner.hotkey)}
     start = time.perf_counter()
 
-    def failed(error: str) -> Answer:
-        return Answer(miner.uid, None, error, time.perf_counter() - start)
+    def failed(outcome: QueryOutcome, error: str) -> Answer:
+        return Answer(miner.uid, None, error, time.perf_counter() - start, outcome)
 
     try:
         async with session.post(
@@ -138,17 +164,123 @@ async def query_miner(
         ) as response:
             raw = await _read_capped(response, protocol.MAX_RESPONSE_BYTES)
             if response.status != 200:
-                return failed(f"HTTP {response.status}: {raw[:200].decode('utf-8', 'replace')}")
+                return failed("refused", f"HTTP {response.status}: {raw[:200].decode('utf-8', 'replace')}")
             answer = protocol.decode_response(raw)
     except TimeoutError:
-        return failed(f"no answer within the {deadline_s:.1f} s deadline")
+        return failed("timeout", f"no answer within the {deadline_s:.1f} s deadline")
     except aiohttp.ClientError as error:
-        return failed(f"{type(error).__name__}: {error}")
+        return failed("unreachable", f"{type(error).__name__}: {error}")
     except protocol.ProtocolError as error:
-        return failed(f"invalid response: {error}")
+        return failed("invalid", f"invalid response: {error}")
     if answer.task_id != task_id:
-        return failed(f"answered task {answer.task_id!r}, asked {task_id!r}")
-    return Answer(miner.uid, answer.text, None, time.perf_counter() - start)
+        return failed("invalid", f"answered task {answer.task_id!r}, asked {task_id!r}")
+    return Answer(miner.uid, answer.text, None, time.perf_counter() - start, "answered")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prometheus metrics
+
+RoundOutcome = Literal["completed", "no_miners", "no_metagraph"]
+ROUND_OUTCOMES: tuple[RoundOutcome, ...] = ("completed", "no_miners", "no_metagraph")
+# set; chain_error (one failed attempt, retried with backoff); no_scores (no positive score: nothing to set).
+WeightsOutcome = Literal["set", "chain_error", "no_scores"]
+WEIGHTS_OUTCOMES: tuple[WeightsOutcome, ...] = ("set", "chain_error", "no_scores")
+
+
+class ValidatorMetrics:
+    """The validator's Prometheus series, in a registry of its own so several validators share one process.
+
+    Per-uid series hold only uids of the current metagraph (a subnet has at most 256): a uid that leaves or
+    changes hotkey loses its scores at the next sync, and its series with them.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.rounds = Counter(
+            "quasar_validator_rounds",
+            "Rounds by outcome: completed (miners asked and graded), no_miners (none serves an endpoint), "
+            "no_metagraph (chain unreachable before the first metagraph)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.round_duration = Histogram(
+            "quasar_validator_round_duration_seconds",
+            "Time of a completed round, from reading the metagraph to the saved scores",
+            buckets=ROUND_BUCKETS_S,
+            registry=registry,
+        )
+        self.queries = Counter(
+            "quasar_validator_queries",
+            "Queries to miners by outcome: answered, timeout, refused, unreachable, invalid",
+            ["outcome"],
+            registry=registry,
+        )
+        self.set_weights = Counter(
+            "quasar_validator_set_weights",
+            "Attempts to set weights by outcome: set, chain_error (retried), no_scores (nothing to set)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.weights_last_set = Gauge(
+            "quasar_validator_weights_last_set_timestamp_seconds",
+            "When this process last set weights on chain, unix seconds (0: not yet)",
+            registry=registry,
+        )
+        self.score = Gauge(
+            "quasar_validator_miner_score",
+            "Each uid's combined moving-average score, 0 to 1 (what its weight follows)",
+            ["uid"],
+            registry=registry,
+        )
+        self.weight = Gauge(
+            "quasar_validator_miner_weight",
+            "Each uid's share of the weights last set on chain (they sum to 1)",
+            ["uid"],
+            registry=registry,
+        )
+        # process_start_time_seconds: the weights alert waits that long after a (re)start.
+        ProcessCollector(registry=registry)
+        # Every outcome is exported from the start, at 0: rate() and absent() need no first event.
+        for counter, outcomes in (
+            (self.rounds, ROUND_OUTCOMES),
+            (self.queries, QUERY_OUTCOMES),
+            (self.set_weights, WEIGHTS_OUTCOMES),
+        ):
+            for outcome in outcomes:
+                counter.labels(outcome)
+
+    def publish_scores(self, combined: Mapping[int, float]) -> None:
+        _replace_per_uid(self.score, combined)
+
+    def publish_weights(self, weights: Mapping[int, float]) -> None:
+        _replace_per_uid(self.weight, weights)
+        self.weights_last_set.set_to_current_time()
+
+
+def _replace_per_uid(gauge: Gauge, values: Mapping[int, float]) -> None:
+    # Scrapes are answered on the same event loop, so none sees the gauge between clear and refill.
+    gauge.clear()
+    for uid, value in values.items():
+        gauge.labels(str(uid)).set(value)
+
+
+async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> GuardedSite:
+    """`GET /metrics` on host:port (0: any free port); InputError names the flag when it cannot listen."""
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", page)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise InputError("--metrics.port", f"cannot listen on {host} port {port}: {error}") from None
+    return await serve_guarded(app, sock)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -184,6 +316,7 @@ class Validator:
         state: ValidatorState,
         rng: random.Random | None = None,
         listeners: Sequence[RoundListener] = (),
+        metrics: ValidatorMetrics | None = None,
     ) -> None:
         self.config = config
         self.chain = chain
@@ -194,6 +327,8 @@ class Validator:
         # Item seeds must be unpredictable: a miner that could guess one could build the answer in advance.
         self.rng = rng or random.Random(secrets.randbits(128))
         self.listeners = list(listeners)
+        self.metrics = metrics or ValidatorMetrics()
+        self.metrics.publish_scores(self.state.combined)
         self._snapshot: MetagraphSnapshot | None = None
         self._weights_task: asyncio.Task[None] | None = None
 
@@ -212,6 +347,7 @@ class Validator:
         if replaced:
             log.info("uids %s changed hotkey or left: their scores start from zero", sorted(replaced))
             self.state.set_scores(rounds.forget_uids(self.state.scores, replaced))
+            self.metrics.publish_scores(self.state.combined)
         self.state.hotkeys = current
         return self._snapshot
 
@@ -241,14 +377,17 @@ class Validator:
         return item, protocol.encode_request(request), task_id, deadline
 
     async def run_round(self, session: aiohttp.ClientSession) -> RoundResult | None:
+        started = time.perf_counter()
         snapshot = await self.sync()
         if snapshot is None:
+            self.metrics.rounds.labels("no_metagraph").inc()
             return None
         miners = rounds.eligible_miners(
             [(n.uid, n.hotkey, n.endpoint) for n in snapshot.neurons], self.chain.hotkey
         )
         if not miners:
             log.info("no miner serves an endpoint yet")
+            self.metrics.rounds.labels("no_miners").inc()
             return None
         sample = rounds.sample_miners(miners, self.config.sample_size, self.rng)
         # Building a 2M-token prompt takes seconds: off the event loop, so background weight setting runs.
@@ -290,8 +429,17 @@ class Validator:
             )
         self.state.round += 1
         self.save()
+        self._count_round(result, time.perf_counter() - started)
         self.maybe_set_weights(snapshot)
         return result
+
+    def _count_round(self, result: RoundResult, duration_s: float) -> None:
+        metrics = self.metrics
+        metrics.rounds.labels("completed").inc()
+        metrics.round_duration.observe(duration_s)
+        for answer in result.answers:
+            metrics.queries.labels(answer.outcome).inc()
+        metrics.publish_scores(self.state.combined)
 
     def maybe_set_weights(self, snapshot: MetagraphSnapshot) -> None:
         """Start setting weights in the background when an epoch has passed and no attempt is in flight."""
@@ -315,14 +463,18 @@ class Validator:
                 )
                 if not weights:
                     log.info("no miner has a positive score yet: no weights to set")
+                    self.metrics.set_weights.labels("no_scores").inc()
                     return
                 await self.chain.set_weights(list(weights), list(weights.values()))
             except ChainError as error:
                 log.warning("setting weights failed (attempt %d): %s", attempt + 1, error)
+                self.metrics.set_weights.labels("chain_error").inc()
                 if attempt + 1 < self.config.weight_attempts:
                     await asyncio.sleep(self.config.weight_backoff_s * 2**attempt)
                 continue
             log.info("weights set at block %d for %s", snapshot.block, _count(len(weights), "uid"))
+            self.metrics.set_weights.labels("set").inc()
+            self.metrics.publish_weights(weights)  # shares: chain_weights normalises
             self.state.last_weights_block = snapshot.block
             self.save()
             return
@@ -567,6 +719,19 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--summary-json", dest="summary_json", type=Path, help="write the final leaderboard here"
     )
     parser.add_argument("--logging.debug", dest="debug", action="store_true", help="debug logging")
+    metrics = parser.add_argument_group("metrics (Prometheus)")
+    metrics.add_argument(
+        "--metrics.port",
+        dest="metrics_port",
+        type=int,
+        help="serve Prometheus metrics on GET /metrics at this port, 0 for any free one (default: off)",
+    )
+    metrics.add_argument(
+        "--metrics.host",
+        dest="metrics_host",
+        default=DEFAULT_METRICS_HOST,
+        help=f"address the metrics server listens on (default: {DEFAULT_METRICS_HOST}, all interfaces)",
+    )
     wandb_group = parser.add_argument_group("wandb")
     wandb_group.add_argument("--wandb.off", dest="wandb_off", action="store_true", help="no WandB logging")
     wandb_group.add_argument(
@@ -592,6 +757,11 @@ def config_from_args(args: argparse.Namespace) -> ValidatorConfig:
         ("--neuron.moving_average_alpha", 0 < args.alpha <= 1, "must be within (0, 1]"),
         ("--neuron.round_pause", args.round_pause >= 0, "must not be negative"),
         ("--rounds", args.rounds is None or args.rounds >= 1, "must be >= 1"),
+        (
+            "--metrics.port",
+            args.metrics_port is None or 0 <= args.metrics_port <= 65535,
+            "must be a port number, 0 to 65535",
+        ),
     ]
     for flag, ok, problem in checks:
         if not ok:
@@ -644,6 +814,8 @@ def config_from_args(args: argparse.Namespace) -> ValidatorConfig:
         rounds=args.rounds,
         round_pause_s=args.round_pause,
         summary_json=args.summary_json,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -686,7 +858,8 @@ async def run_validator(
         listeners.append(wandb_logger)
     validator = Validator(config, chain, wallet, tokenizer, records, state, listeners=listeners)
     try:
-        await validator.run(stop)
+        async with _metrics_served(validator.metrics, config):
+            await validator.run(stop)
     finally:
         if wandb_logger is not None:
             wandb_logger.finish()
@@ -695,6 +868,20 @@ async def run_validator(
     if config.summary_json is not None:
         write_json_atomic(config.summary_json, rows)
     return validator.state
+
+
+@contextlib.asynccontextmanager
+async def _metrics_served(metrics: ValidatorMetrics, config: ValidatorConfig) -> AsyncIterator[None]:
+    """The metrics server for as long as the rounds run, where --metrics.port asks for one."""
+    if config.metrics_port is None:
+        yield
+        return
+    site = await serve_metrics(metrics.registry, config.metrics_host, config.metrics_port)
+    log.info("Prometheus metrics at %s/metrics", site.url)
+    try:
+        yield
+    finally:
+        await site.stop()
 
 
 def _loggable(config: ValidatorConfig) -> dict[str, Any]:

@@ -5,9 +5,11 @@ import asyncio
 import functools
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -17,6 +19,7 @@ from typing import Any, ParamSpec
 import aiohttp
 import bittensor
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from evaluation.engines import make_engine
 from evaluation.tokenizer import Tokenizer, load_tokenizer
@@ -29,6 +32,7 @@ from neurons.rounds import parse_bucket_weights, parse_task_weights
 from neurons.state import StateError, ValidatorState
 from neurons.validator import (
     MOCK_DEADLINE_BASE_S,
+    QUERY_OUTCOMES,
     Answer,
     RoundResult,
     Validator,
@@ -37,6 +41,7 @@ from neurons.validator import (
     build_parser,
     config_from_args,
     round_metrics,
+    serve_metrics,
 )
 from neurons.validator_cli import main
 from tests.fake_tgi import FakeTGI
@@ -297,6 +302,190 @@ async def test_scoring_goes_on_while_the_chain_is_down(
     assert net.chain.weights == {}
 
 
+# ------------------------------------------------------------------------------------------ metrics
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(url: str) -> Samples:
+    """Every sample of a /metrics page, by name and labels."""
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        page = await response.text()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(page)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+def per_uid(samples: Samples, name: str) -> dict[int, float]:
+    return {int(dict(labels)["uid"]): v for (n, labels), v in samples.items() if n == name}
+
+
+def queries(samples: Samples) -> dict[str, float]:
+    return {o: value(samples, "quasar_validator_queries_total", outcome=o) for o in QUERY_OUTCOMES}
+
+
+@run_async
+async def test_metrics_over_http_follow_rounds_scores_and_weights(
+    tmp_path: Path, wallet_path: Path, validator_wallet: bittensor.Wallet, tokenizer: Tokenizer
+) -> None:
+    answers = {"reader": read_answer, "wrong": lambda prompt: "I do not know"}
+    async with subnet(wallet_path, validator_wallet, answers) as net:
+        gone = create_wallet("quasar-test", "gone", str(wallet_path)).hotkey.ss58_address
+        gone_uid = net.chain.register(gone)
+        net.chain.serve(gone, "127.0.0.1", dead_port())
+        net.chain.fail_next_set_weights = 1
+        hotkey = validator_wallet.hotkey.ss58_address
+        validator = make_validator(
+            config_for(tmp_path, epoch_length=1), net.chain.view(hotkey), validator_wallet, tokenizer
+        )
+        site = await serve_metrics(validator.metrics.registry, "127.0.0.1", 0)
+        url = site.url + "/metrics"
+        try:
+            before = await scrape(url)
+            started = time.time()
+            for _ in range(2):
+                await one_round(validator)
+                await validator.finish_weights()
+            after, combined_after = await scrape(url), dict(validator.state.combined)
+            # A uid that changes hotkey loses its score, and its series with it.
+            net.chain.replace(
+                net.uids["reader"], create_wallet("quasar-test", "new", str(wallet_path)).hotkey.ss58_address
+            )
+            await validator.sync()
+            replaced = await scrape(url)
+        finally:
+            await site.stop()
+
+    # Before any round: every outcome is there at 0, and no per-uid series.
+    assert value(before, "quasar_validator_rounds_total", outcome="completed") == 0
+    assert set(queries(before).values()) == {0}
+    assert value(before, "quasar_validator_weights_last_set_timestamp_seconds") == 0
+    assert per_uid(before, "quasar_validator_miner_score") == {}
+    # Two rounds, each asking all three miners: two answered, one unreachable.
+    assert value(after, "quasar_validator_rounds_total", outcome="completed") == 2
+    assert value(after, "quasar_validator_rounds_total", outcome="no_miners") == 0
+    assert value(after, "quasar_validator_round_duration_seconds_count") == 2
+    assert value(after, "quasar_validator_round_duration_seconds_sum") > 0
+    assert queries(after) == {"answered": 4, "timeout": 0, "refused": 0, "unreachable": 2, "invalid": 0}
+    # Scores are the state's combined scores, one series per scored uid of the metagraph.
+    assert per_uid(after, "quasar_validator_miner_score") == combined_after
+    assert set(combined_after) == {net.uids["reader"], net.uids["wrong"], gone_uid}
+    # One failed attempt, retried; the weights last set are the chain's, as shares.
+    assert value(after, "quasar_validator_set_weights_total", outcome="chain_error") == 1
+    assert value(after, "quasar_validator_set_weights_total", outcome="set") >= 1
+    uids, weights = net.chain.weights[hotkey][-1]
+    assert per_uid(after, "quasar_validator_miner_weight") == pytest.approx(
+        {uid: w / sum(weights) for uid, w in zip(uids, weights, strict=True)}
+    )
+    assert started <= value(after, "quasar_validator_weights_last_set_timestamp_seconds") <= time.time()
+    assert value(after, "process_start_time_seconds") <= started
+    assert net.uids["reader"] not in per_uid(replaced, "quasar_validator_miner_score")
+    assert per_uid(replaced, "quasar_validator_miner_score") == validator.state.combined
+
+
+class NoChain:
+    """A chain that was never reachable."""
+
+    hotkey = "5NoValidator"
+
+    async def snapshot(self) -> MetagraphSnapshot:
+        raise ChainError("connection refused")
+
+
+@run_async
+async def test_rounds_with_nothing_to_do_are_counted_by_why(
+    tmp_path: Path, validator_wallet: bittensor.Wallet, tokenizer: Tokenizer
+) -> None:
+    lonely = FakeChain(NETUID)
+    lonely.register(validator_wallet.hotkey.ss58_address, validator_permit=True)
+    config = config_for(tmp_path)
+    for chain, outcome in (
+        (lonely.view(validator_wallet.hotkey.ss58_address), "no_miners"),
+        (NoChain(), "no_metagraph"),
+    ):
+        validator = make_validator(config, chain, validator_wallet, tokenizer)
+        site = await serve_metrics(validator.metrics.registry, "127.0.0.1", 0)
+        try:
+            async with aiohttp.ClientSession() as session:
+                assert await validator.run_round(session) is None
+            samples = await scrape(site.url + "/metrics")
+        finally:
+            await site.stop()
+        assert value(samples, "quasar_validator_rounds_total", outcome=outcome) == 1
+        assert value(samples, "quasar_validator_rounds_total", outcome="completed") == 0
+        assert value(samples, "quasar_validator_round_duration_seconds_count") == 0
+
+
+def test_quasar_validator_serves_metrics_while_it_runs(tmp_path: Path) -> None:
+    """The command line's --metrics flags, in a process of its own (mock mode, no model)."""
+    log_path = tmp_path / "validator.log"
+    flags = ["--mock", "--mock.honest", "0", "--wandb.off", "--logging.debug", "--neuron.round_pause", "0.5"]
+    flags += [
+        "--neuron.state_path",
+        str(tmp_path / "s.json"),
+        "--metrics.host",
+        "127.0.0.1",
+        "--metrics.port",
+        "0",
+    ]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "neurons.validator_cli", *flags], stdout=log_file, stderr=subprocess.STDOUT
+        )
+    try:
+        url = asyncio.run(_metrics_url(log_path, process))
+        samples = asyncio.run(_eventually_weighted(url))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert value(samples, "quasar_validator_rounds_total", outcome="completed") >= 1
+    # Mock mode's roster: the reader, an empty and a memorising adversary; only the reader scores.
+    scores = per_uid(samples, "quasar_validator_miner_score")
+    assert len(scores) == 3
+    weights = per_uid(samples, "quasar_validator_miner_weight")
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert max(weights, key=weights.__getitem__) == max(scores, key=scores.__getitem__)
+
+
+async def _metrics_url(log_path: Path, process: subprocess.Popen[bytes]) -> str:
+    """The address the validator logged (it asked for any free port)."""
+    for _ in range(1200):
+        found = re.search(r"Prometheus metrics at (\S+)", log_path.read_text(errors="replace"))
+        if found:
+            return found.group(1)
+        assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
+        await asyncio.sleep(0.1)
+    raise AssertionError("the validator never said where its metrics are")
+
+
+async def _eventually_weighted(url: str) -> Samples:
+    for _ in range(600):
+        samples = await scrape(url)
+        if value(samples, "quasar_validator_weights_last_set_timestamp_seconds") > 0:
+            return samples
+        await asyncio.sleep(0.1)
+    raise AssertionError("no weights set")
+
+
+def test_a_metrics_port_in_use_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        flags = ["--mock", "--mock.honest", "0", "--rounds", "1", "--wandb.off"]
+        flags += ["--neuron.state_path", str(tmp_path / "s.json"), "--metrics.host", "127.0.0.1"]
+        assert main([*flags, "--metrics.port", str(port)], "test") == 2
+    assert f"--metrics.port: cannot listen on 127.0.0.1 port {port}" in capsys.readouterr().err
+
+
 def parse(*flags: str) -> ValidatorConfig:
     return config_from_args(build_parser("test").parse_args(list(flags)))
 
@@ -313,6 +502,7 @@ def test_every_flag_reaches_the_config(tmp_path: Path) -> None:
         "--neuron.state_path", str(tmp_path / "s.json"), "--neuron.reset_state",
         "--neuron.round_pause", "1.5", "--rounds", "4",
         "--summary-json", str(tmp_path / "sum.json"),
+        "--metrics.host", "127.0.0.1", "--metrics.port", "9464",
     )  # fmt: skip
     assert (config.netuid, config.wallet_name, config.wallet_hotkey, config.wallet_path) == (
         9,
@@ -334,6 +524,7 @@ def test_every_flag_reaches_the_config(tmp_path: Path) -> None:
     assert (config.tokenizer, config.data, config.reset_state) == ("tok", Path("/data.zip"), True)
     assert config.state_path == tmp_path / "s.json"
     assert config.summary_json == tmp_path / "sum.json"
+    assert (config.metrics_host, config.metrics_port) == ("127.0.0.1", 9464)
 
 
 def test_defaults_and_mock_defaults() -> None:
@@ -344,6 +535,7 @@ def test_defaults_and_mock_defaults() -> None:
     assert mock.bucket_weights == {"32k": 1.0}
     assert mock.epoch_length == 2
     assert mock.deadline_base_s == MOCK_DEADLINE_BASE_S
+    assert real.metrics_port is None  # no server unless asked
 
 
 @pytest.mark.parametrize(
@@ -356,6 +548,7 @@ def test_defaults_and_mock_defaults() -> None:
         (("--netuid", "1", "--neuron.bucket_weights", "32k=1"), "no bucket may get more than 90%"),
         (("--netuid", "1", "--neuron.tasks", "nope"), "unknown task"),
         (("--netuid", "1", "--rounds", "0"), "--rounds"),
+        (("--netuid", "1", "--metrics.port", "65536"), "--metrics.port"),
     ],
 )
 def test_bad_flags_exit_2_naming_the_flag(
@@ -391,7 +584,7 @@ def test_wandb_offline_logs_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("WANDB_SILENT", "true")
     result = RoundResult(
         round=4, block=10, task="niah_single", bucket="32k", prompt_tokens=32000, deadline_s=13.2,
-        answers=(Answer(1, "42", None, 0.5), Answer(2, None, "HTTP 503", 0.1)),
+        answers=(Answer(1, "42", None, 0.5, "answered"), Answer(2, None, "HTTP 503", 0.1, "refused")),
         accuracies={1: 1.0, 2: 0.0}, rewards={1: 1.0, 2: 0.0},
     )  # fmt: skip
     metrics = round_metrics(result)
@@ -443,6 +636,7 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         "--wandb.off",
         "--mock.model",
         "--rounds",
+        "--metrics.port",
     ):
         assert flag in out
     assert "no bucket above 90%" in out

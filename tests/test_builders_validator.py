@@ -6,7 +6,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 from quasar_operator.builders import BuildError, validator_service, validator_statefulset
-from quasar_operator.builders.validator import STATE_FILE, STATE_MOUNT
+from quasar_operator.builders.validator import METRICS_PORT, METRICS_PORT_NAME, STATE_FILE, STATE_MOUNT
 from quasar_operator.crds import CRD_DIR
 from quasar_operator.models import NEURON_IMAGE, QuasarValidatorSpec
 
@@ -143,6 +143,18 @@ def test_headless_service_selects_the_pod() -> None:
     sts = statefulset(s)["spec"]
     assert service["spec"]["selector"] == sts["selector"]["matchLabels"]
     assert sts["selector"]["matchLabels"].items() <= sts["template"]["metadata"]["labels"].items()
+
+
+def test_the_metrics_port_is_served_on_every_interface_and_reached_through_the_service() -> None:
+    s = spec(FULL)
+    config = config_from_args(parsed(s))
+    assert (config.metrics_host, config.metrics_port) == ("0.0.0.0", METRICS_PORT)
+    (container_port,) = container(s)["ports"]
+    assert container_port["containerPort"] == METRICS_PORT
+    (service_port,) = validator_service(NAME, NAMESPACE, UID, s)["spec"]["ports"]
+    assert service_port["name"] == METRICS_PORT_NAME
+    assert service_port["targetPort"] == container_port["name"]
+    assert service_port["port"] == METRICS_PORT
 
 
 def test_defaults_leave_the_validators_own() -> None:

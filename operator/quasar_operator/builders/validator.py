@@ -1,7 +1,9 @@
 """The objects of a QuasarValidator: a one-replica StatefulSet with its state PVC, and a headless Service.
 
 A StatefulSet rather than a Deployment: its volumeClaimTemplate gives the one pod the same claim across
-restarts and rescheduling, so the moving-average scores (the state file) survive both.
+restarts and rescheduling, so the moving-average scores (the state file) survive both. The headless Service
+also carries the validator's Prometheus port (`validator-metrics`), which the chart's ServiceMonitor selects:
+it is cluster-internal already, so unlike the miner's public Service it needs no metrics Service beside it.
 """
 
 import posixpath
@@ -34,6 +36,10 @@ DATA_MOUNT = "/var/lib/quasar-data"
 # A StatefulSet's pods carry `controller-revision-hash: <name>-<hash of up to 10 characters>`, a label
 # value of at most 63 characters: the StatefulSet's name needs that much room.
 _REVISION_HASH_ROOM = 11
+# The validator's /metrics (`quasar validator --metrics.port`): fixed, the pod runs nothing else.
+METRICS_PORT = 8092
+# The Service's port, named by the ServiceMonitor; the container's is `metrics` (15 characters at most).
+METRICS_PORT_NAME = "validator-metrics"
 
 
 def validator_name(name: str) -> str:
@@ -64,7 +70,7 @@ def validator_args(spec: QuasarValidatorSpec) -> list[str]:
         args += ["--neuron.tokenizer", spec.tokenizer]
     if spec.data is not None:
         args += ["--neuron.data", posixpath.join(DATA_MOUNT, spec.data.path).rstrip("/")]
-    args += ["--neuron.state_path", STATE_FILE]
+    args += ["--neuron.state_path", STATE_FILE, "--metrics.port", str(METRICS_PORT)]
     if spec.wandb.mode == "disabled":
         args.append("--wandb.off")
     else:
@@ -102,7 +108,8 @@ def validator_container(spec: QuasarValidatorSpec) -> Obj:
         for key, value in {"requests": neuron.resources.requests, "limits": neuron.resources.limits}.items()
         if value
     }
-    # No probes: the validator serves no HTTP; a crash ends the process and the kubelet restarts it.
+    # No probes: a crash ends the process and the kubelet restarts it. Its only HTTP server is /metrics,
+    # answered on the event loop that grading also runs on: a slow answer there is no sign of a hang.
     return {
         "name": "validator",
         "image": neuron.image,
@@ -110,6 +117,7 @@ def validator_container(spec: QuasarValidatorSpec) -> Obj:
         "command": ["quasar", "validator"],
         "args": validator_args(spec),
         "env": _env(spec),
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "resources": resources,
         "volumeMounts": mounts,
         "securityContext": restricted_security_context(),
@@ -164,11 +172,18 @@ def validator_statefulset(name: str, namespace: str, uid: str, spec: QuasarValid
 
 
 def validator_service(name: str, namespace: str, uid: str, spec: QuasarValidatorSpec) -> Obj:
-    """The headless Service a StatefulSet names as its serviceName (the pod's stable DNS name)."""
+    """The headless Service a StatefulSet names as its serviceName (the pod's stable DNS name), with the
+    metrics port Prometheus scrapes (a ServiceMonitor selects the Service by label and port name)."""
     owner = Owner(KIND, name, namespace, uid)
+    port = {
+        "name": METRICS_PORT_NAME,
+        "port": METRICS_PORT,
+        "targetPort": "metrics",
+        "protocol": "TCP",
+    }
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata(owner, validator_name(name)),
-        "spec": {"clusterIP": "None", "selector": selector_labels(owner)},
+        "spec": {"clusterIP": "None", "selector": selector_labels(owner), "ports": [port]},
     }

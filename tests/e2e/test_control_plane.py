@@ -195,7 +195,10 @@ def test_the_api_server_judges_bad_specs_as_the_cel_oracle_does(
     answer = kube.kubectl("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(body), check=False)
     # Refused exactly when the offline oracle (schema, strict fields, cel-python) says the server refuses.
     assert (answer.returncode != 0) == bool(expected), answer.stderr
-    for error in test_crds.cel_errors(kind, body):
+    # The server evaluates CEL rules only on an object the schema admits ("validation rules were not
+    # checked because the object was invalid"), so the CRD's own messages are expected only then.
+    checked = not test_crds.schema_errors(kind, body)
+    for error in test_crds.cel_errors(kind, body) if checked else []:
         assert error.split(": ", 1)[1] in answer.stderr  # the CRD's own message
     schema = test_crds.root_schema(test_crds.CRD_OF_KIND[kind]())
     for field in test_crds.unknown_fields(schema, body):

@@ -96,7 +96,12 @@ EVERYTHING: Obj = {
             "interval": "15s",
             "labels": {"release": "kube-prometheus-stack"},
         },
-        "prometheusRule": {"enabled": True, "for": "5m", "labels": {"release": "kube-prometheus-stack"}},
+        "prometheusRule": {
+            "enabled": True,
+            "for": "5m",
+            "validatorWeightsMaxAgeSeconds": 3600,
+            "labels": {"release": "kube-prometheus-stack"},
+        },
         "grafanaDashboard": {
             "enabled": True,
             "namespace": "monitoring",
@@ -462,6 +467,10 @@ BAD_VALUES: dict[str, tuple[Obj, str]] = {
     "scrape interval": (
         {"metrics": {"serviceMonitor": {"interval": "30"}}},
         "at '/metrics/serviceMonitor/interval': '30' does not match pattern",
+    ),
+    "weights age as a duration": (
+        {"metrics": {"prometheusRule": {"validatorWeightsMaxAgeSeconds": "40m"}}},
+        "at '/metrics/prometheusRule/validatorWeightsMaxAgeSeconds': got string, want integer",
     ),
     "service monitor without the service": (
         {"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},

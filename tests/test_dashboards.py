@@ -2,9 +2,9 @@
 
 Every PromQL expression (dashboard panels, PrometheusRule alerts) is read out of the rendered chart, and its
 metric names and labels are compared with the /metrics pages of a running operator (against the API server
-emulator, reconciling a miner), a running miner and a running engine server (the project's TGI-compatible
-server: upstream TGI exports the same tgi_* names, which the operator's autoscaler reads too). So no panel is
-dead. The validator exports no Prometheus metrics: nothing here may query one.
+emulator, reconciling a miner), a running miner, a running engine server (the project's TGI-compatible
+server: upstream TGI exports the same tgi_* names, which the operator's autoscaler reads too) and a running
+validator (a round over a real miner, then weights on the FakeChain). So no panel is dead.
 """
 
 import asyncio
@@ -18,18 +18,23 @@ import pytest
 from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 from quasar_operator.builders.miner import POOL_LABEL, miner_metrics_service
-from quasar_operator.models import QuasarMinerSpec
+from quasar_operator.builders.validator import validator_service
+from quasar_operator.models import QuasarMinerSpec, QuasarValidatorSpec
 
 from evaluation.dev_engine.server import start_engine_server
 from evaluation.engines import make_engine
 from evaluation.local_model import ensure_local_model
+from evaluation.tokenizer import load_tokenizer
 from neurons import protocol
 from neurons.auth import create_wallet
 from neurons.chain import FakeChain
 from neurons.miner import MinerConfig, start_miner
+from neurons.mock import read_answer
+from neurons.validator import serve_metrics
 from tests.k8s_emulator import client, emulator, eventually, operator
 from tests.test_chart import CHART, EVERYTHING, NAMESPACE, one, rendered
 from tests.test_crds import EXAMPLES, load
+from tests.test_validator import config_for, make_validator, subnet
 
 Obj = dict[str, Any]
 Exported = dict[str, set[str]]  # series name -> its label names
@@ -126,7 +131,7 @@ def test_the_dashboard_is_the_charts_json_with_the_sidecar_label() -> None:
             assert panel["targets"], panel["title"]
 
 
-def test_the_miners_service_monitor_selects_the_operators_metrics_services() -> None:
+def test_the_service_monitors_select_the_operators_metrics_services() -> None:
     objects = rendered("everything")
     monitors = {
         o["metadata"]["name"].rsplit("-", 1)[1]: o["spec"] for o in objects if o["kind"] == "ServiceMonitor"
@@ -138,6 +143,16 @@ def test_the_miners_service_monitor_selects_the_operators_metrics_services() -> 
     assert {e["port"] for e in miners["endpoints"]} == {p["name"] for p in service["spec"]["ports"]}
     assert miners["namespaceSelector"] == {"matchNames": [NAMESPACE, "miners", "validators"]}
     assert miners["podTargetLabels"] == [POOL_LABEL]
+    # Each validator's headless Service, by its metrics port.
+    example = load(EXAMPLES / "quasarvalidator-full.yaml")
+    headless = validator_service(
+        "v", "validators", "uid-2", QuasarValidatorSpec.model_validate(example["spec"])
+    )
+    validators = monitors["validators"]
+    assert validators["selector"]["matchLabels"].items() <= headless["metadata"]["labels"].items()
+    assert [e["port"] for e in validators["endpoints"]] == [p["name"] for p in headless["spec"]["ports"]]
+    assert validators["namespaceSelector"] == miners["namespaceSelector"]
+    assert validators["targetLabels"] == miners["targetLabels"] == ["app.kubernetes.io/instance"]
     # The operator's: the chart's metrics Service, by its port's name.
     operator_service = one(objects, "Service")
     assert (
@@ -147,6 +162,19 @@ def test_the_miners_service_monitor_selects_the_operators_metrics_services() -> 
     assert [e["port"] for e in monitors["operator"]["endpoints"]] == ["metrics"]
     # Each job is the Service's app.kubernetes.io/name, which the alerts select by.
     assert {m["jobLabel"] for m in monitors.values()} == {"app.kubernetes.io/name"}
+
+
+def test_the_weights_alert_waits_its_value_after_the_last_weights_and_the_start() -> None:
+    (group,) = one(rendered("everything"), "PrometheusRule")["spec"]["groups"]
+    (rule,) = [r for r in group["rules"] if r["alert"] == "QuasarValidatorNotSettingWeights"]
+    limit = EVERYTHING["metrics"]["prometheusRule"]["validatorWeightsMaxAgeSeconds"]
+    assert rule["expr"].count(f"> {limit}") == 2
+    assert {name for name, _ in selectors(rule["expr"])} == {
+        "quasar_validator_weights_last_set_timestamp_seconds",
+        "process_start_time_seconds",
+        "up",
+    }
+    assert rule["for"] == EVERYTHING["metrics"]["prometheusRule"]["for"]
 
 
 # ------------------------------------------------------------------------------------------ what is exported
@@ -217,14 +245,32 @@ async def miner_and_engine_pages(model: Path, wallets: Path) -> tuple[str, str]:
         await engine_server.stop()
 
 
+async def validator_page(wallets: Path, state: Path) -> str:
+    """A validator after a round over a real miner and weights set (so its per-uid series exist)."""
+    wallet = create_wallet("quasar-test", "validator", str(wallets))
+    async with subnet(wallets, wallet, {"reader": read_answer}) as net:
+        config = config_for(state, rounds=1, epoch_length=1)
+        view = net.chain.view(wallet.hotkey.ss58_address)
+        validator = make_validator(config, view, wallet, load_tokenizer(None))
+        site = await serve_metrics(validator.metrics.registry, "127.0.0.1", 0)
+        try:
+            await validator.run()
+            assert net.chain.weights, "the validator set no weights"
+            return await get(site.url + "/metrics")
+        finally:
+            await site.stop()
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
     model = ensure_local_model(tmp_path_factory.getbasetemp() / "quasar-cache" / "local-model-v1")
     miner, engine = asyncio.run(miner_and_engine_pages(model, tmp_path_factory.mktemp("wallets")))
+    validator_wallets, validator_state = (tmp_path_factory.mktemp(n) for n in ("validator-wallets", "state"))
     return {
         "operator": exported(asyncio.run(operator_page())),
         "miner": exported(miner),
         "engine": exported(engine),
+        "validator": exported(asyncio.run(validator_page(validator_wallets, validator_state))),
     }
 
 
@@ -235,10 +281,11 @@ def test_every_metric_queried_is_exported(live: dict[str, Exported]) -> None:
         for where, expr in expressions().items()
     }
     assert {where: names for where, names in dead.items() if names} == {}
-    # The pages really are the three processes' (not an empty registry that anything would pass).
+    # The pages really are the four processes' (not an empty registry that anything would pass).
     assert "quasar_operator_reconcile_errors_total" in live["operator"]
     assert "quasar_miner_requests_total" in live["miner"]
     assert "tgi_queue_size" in live["engine"]
+    assert live["validator"]["quasar_validator_miner_weight"] == {"uid"}
 
 
 def test_every_label_queried_is_on_the_series(live: dict[str, Exported]) -> None:

@@ -1,6 +1,9 @@
 """The QUASAR miner: answers validators' long-context queries through an inference engine.
 
-`python neurons/miner.py ...` or `quasar miner ...`. One aiohttp server:
+`python neurons/miner.py ...` or `quasar miner ...`. Two aiohttp servers: the axon, which validators reach
+(its address is public on chain), and the Prometheus page on a port of its own (--metrics.port).
+
+The axon:
 
 - `POST /v1/query` (protocol.QUERY_PATH): checks run cheapest first, and everything that can refuse a
   request without its body runs before the body is read: the claimed caller hotkey, each authentication
@@ -14,7 +17,10 @@
   their OpenAI API (chat or completions, --engine.api).
 - `GET /healthz` (the process is alive), `GET /readyz` (the engine passes its checks, TGI `/info`, vLLM
   `/health` and `/v1/models`, SGLang `/v1/models`, with the configured model, and this hotkey's endpoint
-  on chain is the one announced), `GET /metrics` (Prometheus).
+  on chain is the one announced): the kubelet's probes.
+
+The metrics listener: `GET /metrics` only, by default on 127.0.0.1 (the operator gives the pod's every
+address; its public Service carries the axon port alone).
 
 The metagraph is re-read every `sync_interval_s`; each sync also re-announces the endpoint when the
 chain shows another one (first start, a changed address, re-registration).
@@ -35,14 +41,7 @@ from typing import Any, Literal
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from evaluation.engines import Engine, EngineApi, EngineError, EngineInfo, make_engine
 from evaluation.errors import InputError
@@ -53,6 +52,7 @@ from neurons import protocol
 from neurons.auth import AuthError, RequestVerifier, read_claim
 from neurons.chain import Chain, ChainError, MetagraphSnapshot
 from neurons.flags import add_wallet_and_chain_arguments
+from neurons.metrics_server import page_url, serve_metrics
 
 log = logging.getLogger("quasar.miner")
 
@@ -62,6 +62,11 @@ DEFAULT_MIN_STAKE = 1000.0
 # A 2M-token prefill on one node takes many minutes; the request's own deadline usually bounds it first.
 DEFAULT_ENGINE_TIMEOUT_S = 3600.0
 DEFAULT_AXON_PORT = 8091  # bittensor's default axon port, kept so seed deployments need no new flag
+# The axon's 8091 + 1000: clear of the axon ports of miners numbered one after another on one host.
+DEFAULT_METRICS_PORT = 9091
+# Loopback: a miner on a machine of its own must not hand its metrics to the internet. In a pod, Prometheus
+# scrapes the pod's address: the operator passes --metrics.host 0.0.0.0.
+DEFAULT_METRICS_HOST = "127.0.0.1"
 DEFAULT_ENGINE_URL = "http://127.0.0.1:8080"  # `quasar engine serve`'s default address
 # Readiness probes and queries share one engine /info call per this many seconds.
 ENGINE_PROBE_TTL_S = 5.0
@@ -85,6 +90,8 @@ class MinerConfig:
     axon_port: int = DEFAULT_AXON_PORT
     external_ip: str | None = None  # None: the address the server binds (mock mode, tests)
     external_port: int | None = None  # None: the port the server binds
+    metrics_host: str = DEFAULT_METRICS_HOST
+    metrics_port: int = DEFAULT_METRICS_PORT
     model_name: str | None = None
     engine_url: str = DEFAULT_ENGINE_URL
     engine_kind: EngineKindFlag = "tgi"
@@ -128,6 +135,22 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         dest="external_port",
         type=int,
         help="port validators reach this miner at (default: --axon.port)",
+    )
+    metrics = parser.add_argument_group("metrics (Prometheus, apart from the axon)")
+    metrics.add_argument(
+        "--metrics.port",
+        dest="metrics_port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help="serve GET /metrics at this port, never on the axon's; 0 for any free one "
+        f"(default: {DEFAULT_METRICS_PORT})",
+    )
+    metrics.add_argument(
+        "--metrics.host",
+        dest="metrics_host",
+        default=DEFAULT_METRICS_HOST,
+        help="address the metrics server listens on; 0.0.0.0 where Prometheus scrapes from elsewhere "
+        f"(a pod) (default: {DEFAULT_METRICS_HOST}, this machine only)",
     )
     engine = parser.add_argument_group("engine")
     engine.add_argument(
@@ -187,9 +210,16 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> MinerConfig:
     """The config the parsed flags describe; raises InputError naming the flag that is wrong."""
-    for flag, port in (("--axon.port", args.axon_port), ("--axon.external_port", args.external_port)):
+    ports = (
+        ("--axon.port", args.axon_port),
+        ("--axon.external_port", args.external_port),
+        ("--metrics.port", args.metrics_port),
+    )
+    for flag, port in ports:
         if port is not None and not 0 <= port <= 65535:
             raise InputError(flag, f"not a TCP port: {port}")
+    if args.metrics_port != 0 and args.metrics_port == args.axon_port:
+        raise InputError("--metrics.port", f"{args.metrics_port} is the axon's port; metrics need their own")
     if args.engine_timeout <= 0:
         raise InputError("--engine.timeout", f"must be positive, got {args.engine_timeout:g}")
     if args.max_new_tokens < 1:
@@ -222,6 +252,8 @@ def config_from_args(args: argparse.Namespace) -> MinerConfig:
         axon_port=args.axon_port,
         external_ip=external_ip,
         external_port=args.external_port,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
         model_name=args.model_name,
         engine_url=args.engine_url,
         engine_kind=args.engine_kind,
@@ -518,7 +550,6 @@ class _Miner:
         app.router.add_post(protocol.QUERY_PATH, self.query, expect_handler=_defer_continue)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics_page)
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -536,11 +567,6 @@ class _Miner:
         if problems:
             return web.json_response({"ready": False, "problems": problems}, status=503)
         return web.json_response({"ready": True})
-
-    async def metrics_page(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
 
     async def query(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -677,12 +703,15 @@ def _refusal_response(refusal: Refusal, body_read: bool) -> web.Response:
 
 @dataclass
 class RunningMiner:
-    """A miner serving on `port`; `stop()` ends the server and the metagraph sync. The engine stays open:
-    it belongs to whoever made it."""
+    """A miner serving validators on `port` (`url`) and its Prometheus page at `metrics_url`, on a listener
+    of its own (`url + "/metrics"` is a 404); `stop()` ends both servers and the metagraph sync. The engine
+    stays open: it belongs to whoever made it."""
 
     url: str
     port: int
+    metrics_url: str
     _site: GuardedSite
+    _metrics_site: GuardedSite
     _sync_task: "asyncio.Task[None]"
 
     @property
@@ -693,15 +722,25 @@ class RunningMiner:
     async def stop(self) -> None:
         self._sync_task.cancel()
         await self._site.stop()
+        await self._metrics_site.stop()
 
 
 async def start_miner(
-    config: MinerConfig, chain: Chain, engine: Engine, *, host: str = "127.0.0.1", port: int = 0
+    config: MinerConfig,
+    chain: Chain,
+    engine: Engine,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    metrics_host: str | None = None,
+    metrics_port: int = 0,
 ) -> RunningMiner:
     """Serve, then read the metagraph, announce the endpoint and ask the engine for its limits. The
     endpoint announced is `config.external_ip`/`external_port`, each defaulting to the address actually
     bound (port 0 picks a free one). Serving comes first: the endpoint answers by the time it is announced,
-    and liveness probes pass while a slow chain or engine is waited for (readiness tells them apart)."""
+    and liveness probes pass while a slow chain or engine is waited for (readiness tells them apart).
+    The metrics listen on `metrics_host` (default `host`) and `metrics_port` (0: any free port); a port
+    taken there is an InputError naming --metrics.port."""
     tokenizer = None
     if config.engine_tokenizer is not None:  # a bad name fails here, before anything listens
         tokenizer = await asyncio.to_thread(load_tokenizer, config.engine_tokenizer)
@@ -714,9 +753,21 @@ async def start_miner(
     # Cancel a handler when its validator hangs up: its engine request is closed, not left running.
     # No auto_decompress: aiohttp would gunzip the body unbounded, before the signature (which covers the
     # compressed bytes) is checked; protocol.decode_request decompresses it, bounded, after the checks.
-    site = await serve_guarded(
-        miner.app(), sock, config.guard, handler_cancellation=True, auto_decompress=False
-    )
+    try:
+        metrics_site = await serve_metrics(
+            miner.metrics.registry, metrics_host or host, metrics_port, config.guard
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        site = await serve_guarded(
+            miner.app(), sock, config.guard, handler_cancellation=True, auto_decompress=False
+        )
+    except BaseException:
+        await metrics_site.stop()
+        raise
+    log.info("Prometheus metrics at %s", page_url(metrics_site))
     log.info(
         "miner for %s serving on %s:%d; its endpoint for validators: %s:%d",
         chain.hotkey,
@@ -729,9 +780,17 @@ async def start_miner(
         await _log_engine(engine, miner.probe)
     except BaseException:
         await site.stop()
+        await metrics_site.stop()
         raise
     sync_task = asyncio.create_task(miner.chain.run(config.sync_interval_s), name="metagraph-sync")
-    return RunningMiner(f"http://{host}:{bound_port}", bound_port, site, sync_task)
+    return RunningMiner(
+        f"http://{host}:{bound_port}",
+        bound_port,
+        page_url(metrics_site),
+        site,
+        metrics_site,
+        sync_task,
+    )
 
 
 async def _log_engine(engine: Engine, probe: EngineProbe) -> None:
@@ -767,7 +826,15 @@ async def _serve_until_signalled(config: MinerConfig) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        running = await start_miner(config, chain, engine, host="0.0.0.0", port=config.axon_port)
+        running = await start_miner(
+            config,
+            chain,
+            engine,
+            host="0.0.0.0",
+            port=config.axon_port,
+            metrics_host=config.metrics_host,
+            metrics_port=config.metrics_port,
+        )
         try:
             await stop.wait()
             log.info("stopping")

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import bittensor
@@ -106,8 +107,15 @@ class Client:
             return reply.status, json.loads(await reply.read())
 
     async def get(self, path: str) -> tuple[int, str]:
+        """GET `path` on the axon, the port validators reach."""
         async with self.session.get(self.miner.url + path) as reply:
             return reply.status, await reply.text()
+
+    async def metrics(self) -> str:
+        """The Prometheus page, from the metrics listener."""
+        async with self.session.get(self.miner.metrics_url) as reply:
+            assert reply.status == 200, self.miner.metrics_url
+            return await reply.text()
 
 
 def query(
@@ -191,7 +199,7 @@ def test_answers_a_signed_query_with_the_engine_and_model(
 ) -> None:
     async def use(client: Client) -> tuple[int, dict[str, Any], str]:
         status, body = await client.post(query("Where is the needle?", max_new_tokens=8), wallets.validator)
-        return status, body, (await client.get("/metrics"))[1]
+        return status, body, await client.metrics()
 
     status, body, page = run(wallets, chain, tgi.url, use)
     assert status == 200, body
@@ -217,7 +225,7 @@ def test_openai_engine_gets_the_model_name_and_counts_prompt_tokens(
 ) -> None:
     async def use(client: Client) -> tuple[int, dict[str, Any], str]:
         status, body = await client.post(query("one two three four"), wallets.validator)
-        return status, body, (await client.get("/metrics"))[1]
+        return status, body, await client.metrics()
 
     status, body, page = run(wallets, chain, tgi.url, use, engine_kind="openai", model_name="fake/model")
     assert status == 200, body
@@ -560,11 +568,11 @@ def test_a_validator_hanging_up_cancels_its_query(wallets: Wallets, chain: FakeC
                 await client.post(query(), wallets.validator)
 
         async def counted() -> bool:
-            page = (await client.get("/metrics"))[1]
+            page = await client.metrics()
             return metric(page, 'quasar_miner_requests_total{outcome="cancelled"}') == 1
 
         await until(counted)
-        return (await client.get("/metrics"))[1]
+        return await client.metrics()
 
     started = time.monotonic()
     page = run(wallets, chain, tgi.url, use)
@@ -583,7 +591,7 @@ def test_keeps_serving_after_every_kind_of_error_and_counts_outcomes(
             (await client.post(query(deadline_in_s=-1), wallets.validator))[0],
             (await client.post(query(), wallets.validator))[0],
         ]
-        return statuses, (await client.get("/metrics"))[1]
+        return statuses, await client.metrics()
 
     statuses, page = run(wallets, chain, tgi.url, use)
     assert statuses == [403, 401, 400, 408, 200]
@@ -700,6 +708,94 @@ def test_readyz_and_queries_refuse_an_engine_serving_another_model(
     assert generations(tgi) == []
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Metrics, on a listener of their own
+
+
+def test_metrics_are_served_apart_from_the_axon_which_keeps_the_probes(
+    wallets: Wallets, chain: FakeChain, tgi: FakeTGI
+) -> None:
+    async def use(client: Client) -> tuple[list[int], dict[str, int], str]:
+        assert (await client.post(query(), wallets.validator))[0] == 200
+        await until(lambda: _is_ready(client))
+        on_axon = [(await client.get(path))[0] for path in ("/metrics", "/healthz", "/readyz")]
+        listener = client.miner.metrics_url.removesuffix("/metrics")
+        on_listener = {}
+        for path in ("/healthz", "/readyz", protocol.QUERY_PATH):
+            async with client.session.post(listener + path, data=query()) as reply:
+                on_listener[path] = reply.status
+        return on_axon, on_listener, await client.metrics()
+
+    on_axon, on_listener, page = run(wallets, chain, tgi.url, use)
+    assert on_axon == [404, 200, 200]  # validators' port: the kubelet's probes, no metrics
+    assert on_listener == dict.fromkeys(("/healthz", "/readyz", protocol.QUERY_PATH), 404)
+    assert metric(page, 'quasar_miner_requests_total{outcome="ok"}') == 1
+    assert metric(page, "quasar_miner_completion_tokens_total") > 0
+
+
+def test_metrics_listen_on_their_own_host_and_port(wallets: Wallets, chain: FakeChain, tgi: FakeTGI) -> None:
+    """Port 0 picks a free port apart from the axon's; the host defaults to the axon's and may be IPv6."""
+    hosts: list[str | None] = [None]
+    with socket.socket(socket.AF_INET6) as probe:
+        try:
+            probe.bind(("::1", 0))
+            hosts.append("::1")
+        except OSError:
+            pass  # no IPv6 loopback here: the IPv4 case still runs
+
+    async def go(metrics_host: str | None) -> tuple[RunningMiner, str]:
+        engine = make_engine("tgi", tgi.url, None, 30.0)
+        miner = await start_miner(
+            MinerConfig(netuid=7), chain.view(hotkey(wallets.miner)), engine, metrics_host=metrics_host
+        )
+        try:
+            async with aiohttp.ClientSession() as session, session.get(miner.metrics_url) as reply:
+                assert reply.status == 200
+                return miner, await reply.text()
+        finally:
+            await miner.stop()
+            await engine.aclose()
+
+    for host in hosts:
+        miner, page = asyncio.run(go(host))
+        url = urlsplit(miner.metrics_url)
+        assert url.hostname == (host or "127.0.0.1")
+        assert url.port not in (None, 0, miner.port)
+        assert url.path == "/metrics"
+        assert "quasar_miner_in_flight" in page
+
+
+def test_a_taken_metrics_port_is_named_and_leaves_nothing_listening(
+    wallets: Wallets, chain: FakeChain, tgi: FakeTGI
+) -> None:
+    async def go(axon_port: int, metrics_port: int) -> None:
+        engine = make_engine("tgi", tgi.url, None, 30.0)
+        try:
+            await start_miner(
+                MinerConfig(netuid=7),
+                chain.view(hotkey(wallets.miner)),
+                engine,
+                port=axon_port,
+                metrics_port=metrics_port,
+            )
+        finally:
+            await engine.aclose()
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            axon_port = probe.getsockname()[1]
+        taken_port = taken.getsockname()[1]
+        with pytest.raises(
+            InputError, match=rf"--metrics\.port: cannot listen on 127\.0\.0\.1 port {taken_port}:"
+        ):
+            asyncio.run(go(axon_port, taken_port))
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", axon_port))  # fails if the miner kept the axon's socket
+
+
 def test_answers_through_the_local_engine_server_on_the_tiny_model(
     wallets: Wallets, chain: FakeChain, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -788,7 +884,8 @@ def test_every_flag_reaches_the_config() -> None:
         "--wallet.name", "cold", "--wallet.hotkey", "hot", "--wallet.path", "/w",
         "--subtensor.network", "test", "--subtensor.chain_endpoint", "ws://127.0.0.1:9944",
         "--netuid", "42", "--axon.port", "9000", "--axon.external_ip", "203.0.113.5",
-        "--axon.external_port", "30000", "--miner.model_name", "org/model", "--engine.url", "http://tgi:80",
+        "--axon.external_port", "30000", "--metrics.port", "9100", "--metrics.host", "0.0.0.0",
+        "--miner.model_name", "org/model", "--engine.url", "http://tgi:80",
         "--engine.kind", "vllm", "--engine.api", "completions", "--engine.tokenizer", "org/model",
         "--engine.timeout", "120", "--blacklist.min_stake", "5",
         "--miner.max_new_tokens", "64", "--logging.debug",
@@ -804,6 +901,8 @@ def test_every_flag_reaches_the_config() -> None:
         axon_port=9000,
         external_ip="203.0.113.5",
         external_port=30000,
+        metrics_host="0.0.0.0",
+        metrics_port=9100,
         model_name="org/model",
         engine_url="http://tgi:80",
         engine_kind="vllm",
@@ -820,6 +919,8 @@ def test_every_flag_reaches_the_config() -> None:
     ("flags", "named"),
     [
         (["--axon.port", "70000"], "--axon.port"),
+        (["--metrics.port", "-1"], "--metrics.port"),
+        (["--axon.port", "9000", "--metrics.port", "9000"], "--metrics.port"),  # the axon would serve both
         (["--engine.timeout", "0"], "--engine.timeout"),
         (["--blacklist.min_stake", "-1"], "--blacklist.min_stake"),
         (["--miner.max_new_tokens", "0"], "--miner.max_new_tokens"),

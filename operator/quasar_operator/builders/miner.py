@@ -1,5 +1,9 @@
 """The objects of a QuasarMiner: the engine + miner Deployment, its Services, the model cache PVC.
 
+Two Services: `<name>-miner`, public (LoadBalancer or NodePort), carries the axon port alone; the miner's
+and the engine's metrics are on ports of their own that only `<name>-miner-metrics`, cluster-internal,
+carries (a ServiceMonitor selects its ports by name).
+
 Each function builds one object from the resource's identity and spec. The Deployment also needs the
 address announced on chain (`miner_endpoint`): with a LoadBalancer that is only known once the cloud has
 assigned one, so the reconciler applies the Services first and the Deployment once the address exists.
@@ -44,6 +48,10 @@ CACHE_MOUNT = "/data"  # the TGI image's HF_HOME; HF_HOME for every engine
 # The label that tells the pools' pods apart: each pool's Deployment selects on it too, so no two
 # Deployments ever claim the same pods.
 POOL_LABEL = "quasar.ai/pool"
+# The miner's /metrics (`quasar miner --metrics.port`, its default too), apart from the public axon port.
+MINER_METRICS_PORT = 9091
+# The container's port and the metrics Service's, which the chart's ServiceMonitor names.
+MINER_METRICS_PORT_NAME = "miner-metrics"
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,7 @@ def announced_endpoint(spec: QuasarMinerSpec, service_status: Obj | None) -> str
 
 def _check_ports(spec: QuasarMinerSpec) -> None:
     # The engine and the miner share the pod's network namespace: one port each.
-    taken = {AXON_PORT: "the miner's axon port"}
+    taken = {AXON_PORT: "the miner's axon port", MINER_METRICS_PORT: "the miner's metrics port"}
     metrics_port = engine(spec).metrics_port
     if metrics_port is not None:
         taken[metrics_port] = "TGI's Prometheus port"
@@ -262,6 +270,11 @@ def miner_args(spec: QuasarMinerSpec, endpoint: Endpoint) -> list[str]:
         endpoint.ip,
         "--axon.external_port",
         str(endpoint.port),
+        # Every address of the pod: Prometheus scrapes the pod's; the public Service does not carry the port.
+        "--metrics.host",
+        "0.0.0.0",
+        "--metrics.port",
+        str(MINER_METRICS_PORT),
         "--engine.url",
         f"http://127.0.0.1:{spec.engine.container_port}",
         "--engine.kind",
@@ -296,7 +309,10 @@ def miner_container(spec: QuasarMinerSpec, endpoint: Endpoint) -> Obj:
         "command": ["quasar", "miner"],
         "args": miner_args(spec, endpoint),
         "env": neuron_env(),
-        "ports": [{"name": "axon", "containerPort": AXON_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "axon", "containerPort": AXON_PORT, "protocol": "TCP"},
+            {"name": MINER_METRICS_PORT_NAME, "containerPort": MINER_METRICS_PORT, "protocol": "TCP"},
+        ],
         "resources": resources,
         "volumeMounts": [wallet_volume(spec.wallet)[1], tmp_volume()[1]],
         # Ready only when the engine serves the configured model and the chain shows the announced endpoint.
@@ -387,7 +403,7 @@ def miner_deployment(
 
 
 def miner_service(name: str, namespace: str, uid: str, spec: QuasarMinerSpec) -> Obj:
-    """The Service validators reach the miners through (LoadBalancer or NodePort)."""
+    """The Service validators reach the miners through (LoadBalancer or NodePort): the axon port only."""
     owner = Owner(KIND, name, namespace, uid)
     exposure = spec.exposure
     port: Obj = {"name": "axon", "port": exposure.port, "targetPort": "axon", "protocol": "TCP"}
@@ -408,7 +424,7 @@ def miner_metrics_service(name: str, namespace: str, uid: str, spec: QuasarMiner
     """A cluster-internal Service for Prometheus (a ServiceMonitor selects it by label and port name):
     the engine's metrics (queue and batch size: the autoscaling signals) and the miner's own. Its
     `engine-metrics` port leads to TGI's Prometheus port, or to vLLM's and SGLang's API port, which serves
-    `/metrics` too."""
+    `/metrics` too; `miner-metrics` to the miner's metrics listener, which the public Service leaves out."""
     owner = Owner(KIND, name, namespace, uid)
     metrics = engine_ports(spec)[-1]
     return {
@@ -425,7 +441,12 @@ def miner_metrics_service(name: str, namespace: str, uid: str, spec: QuasarMiner
                     "targetPort": metrics["name"],
                     "protocol": "TCP",
                 },
-                {"name": "miner-metrics", "port": AXON_PORT, "targetPort": "axon", "protocol": "TCP"},
+                {
+                    "name": MINER_METRICS_PORT_NAME,
+                    "port": MINER_METRICS_PORT,
+                    "targetPort": MINER_METRICS_PORT_NAME,
+                    "protocol": "TCP",
+                },
             ],
         },
     }

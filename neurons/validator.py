@@ -19,7 +19,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -28,15 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
-from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     ProcessCollector,
-    generate_latest,
 )
 
 from evaluation.buckets import MAX_BUCKET_SHARE
@@ -44,7 +40,6 @@ from evaluation.contexts import Records, build_item
 from evaluation.errors import InputError
 from evaluation.files import write_json_atomic
 from evaluation.grading import grade
-from evaluation.http_guard import GuardedSite, serve_guarded
 from evaluation.rewards import RewardRule
 from evaluation.tasks import EvalItem, get_task
 from evaluation.tokenizer import Tokenizer, load_tokenizer
@@ -53,6 +48,7 @@ from neurons import state as state_io
 from neurons.auth import signed_headers
 from neurons.chain import Chain, ChainError, MetagraphSnapshot
 from neurons.flags import add_wallet_and_chain_arguments
+from neurons.metrics_server import page_url, serve_metrics
 from neurons.rounds import Miner
 from neurons.state import ValidatorState
 
@@ -263,24 +259,6 @@ def _replace_per_uid(gauge: Gauge, values: Mapping[int, float]) -> None:
     gauge.clear()
     for uid, value in values.items():
         gauge.labels(str(uid)).set(value)
-
-
-async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> GuardedSite:
-    """`GET /metrics` on host:port (0: any free port); InputError names the flag when it cannot listen."""
-
-    async def page(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get("/metrics", page)
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError as error:
-        sock.close()
-        raise InputError("--metrics.port", f"cannot listen on {host} port {port}: {error}") from None
-    return await serve_guarded(app, sock)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -877,7 +855,7 @@ async def _metrics_served(metrics: ValidatorMetrics, config: ValidatorConfig) ->
         yield
         return
     site = await serve_metrics(metrics.registry, config.metrics_host, config.metrics_port)
-    log.info("Prometheus metrics at %s/metrics", site.url)
+    log.info("Prometheus metrics at %s", page_url(site))
     try:
         yield
     finally:

@@ -28,9 +28,9 @@ from evaluation.tokenizer import load_tokenizer
 from neurons import protocol
 from neurons.auth import create_wallet
 from neurons.chain import FakeChain
+from neurons.metrics_server import serve_metrics
 from neurons.miner import MinerConfig, start_miner
 from neurons.mock import read_answer
-from neurons.validator import serve_metrics
 from tests.k8s_emulator import client, emulator, eventually, operator
 from tests.test_chart import CHART, EVERYTHING, NAMESPACE, one, rendered
 from tests.test_crds import EXAMPLES, load
@@ -238,7 +238,7 @@ async def miner_and_engine_pages(model: Path, wallets: Path) -> tuple[str, str]:
             session.post(miner.url + protocol.QUERY_PATH, data=b"{}") as refused,
         ):
             assert refused.status < 500
-        return await get(miner.url + "/metrics"), await get(engine_server.url + "/metrics")
+        return await get(miner.metrics_url), await get(engine_server.url + "/metrics")
     finally:
         await miner.stop()
         await engine.aclose()

@@ -26,6 +26,7 @@ from evaluation.tokenizer import Tokenizer, load_tokenizer
 from neurons import state as state_io
 from neurons.auth import create_wallet
 from neurons.chain import ChainError, FakeChain, MetagraphSnapshot, WeightLimits
+from neurons.metrics_server import page_url, serve_metrics
 from neurons.miner import MinerConfig, start_miner
 from neurons.mock import read_answer
 from neurons.rounds import parse_bucket_weights, parse_task_weights
@@ -41,7 +42,6 @@ from neurons.validator import (
     build_parser,
     config_from_args,
     round_metrics,
-    serve_metrics,
 )
 from neurons.validator_cli import main
 from tests.fake_tgi import FakeTGI
@@ -347,7 +347,7 @@ async def test_metrics_over_http_follow_rounds_scores_and_weights(
             config_for(tmp_path, epoch_length=1), net.chain.view(hotkey), validator_wallet, tokenizer
         )
         site = await serve_metrics(validator.metrics.registry, "127.0.0.1", 0)
-        url = site.url + "/metrics"
+        url = page_url(site)
         try:
             before = await scrape(url)
             started = time.time()
@@ -416,7 +416,7 @@ async def test_rounds_with_nothing_to_do_are_counted_by_why(
         try:
             async with aiohttp.ClientSession() as session:
                 assert await validator.run_round(session) is None
-            samples = await scrape(site.url + "/metrics")
+            samples = await scrape(page_url(site))
         finally:
             await site.stop()
         assert value(samples, "quasar_validator_rounds_total", outcome=outcome) == 1
@@ -458,7 +458,8 @@ def test_quasar_validator_serves_metrics_while_it_runs(tmp_path: Path) -> None:
 async def _metrics_url(log_path: Path, process: subprocess.Popen[bytes]) -> str:
     """The address the validator logged (it asked for any free port)."""
     for _ in range(1200):
-        found = re.search(r"Prometheus metrics at (\S+)", log_path.read_text(errors="replace"))
+        logged = log_path.read_text(errors="replace")
+        found = re.search(r"quasar.validator: Prometheus metrics at (\S+)", logged)
         if found:
             return found.group(1)
         assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]

@@ -148,20 +148,13 @@ def local_storage(kube: Kube, name: str, folder: Path, volumes: int) -> None:
     kube.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
 
 
-@pytest.fixture
-def operator(
-    cluster: k8s.Cluster, kube: Kube, namespace: str, tmp_path: Path, crds_installed: None
+def run_operator(
+    cluster: k8s.Cluster, kube: Kube, namespace: str, tmp_path: Path, *helm_args: str
 ) -> Iterator[Operator]:
+    """The chart installed by helm (watching `namespace`), a wallet Secret, storage, and the operator."""
     release = f"q{uuid.uuid4().hex[:6]}"  # its ClusterRole is cluster-wide: a name no other test uses
-    kube.helm(
-        "install",
-        release,
-        str(CHART),
-        "-n",
-        namespace,
-        "--set-json",
-        f'operator.watchNamespaces=["{namespace}"]',
-    )
+    watch = ["--set-json", f'operator.watchNamespaces=["{namespace}"]']
+    kube.helm("install", release, str(CHART), "-n", namespace, *watch, *helm_args)
     manifest = kube.helm("get", "manifest", release, "-n", namespace).stdout
     (account,) = [
         d["metadata"]["name"] for d in yaml.safe_load_all(manifest) if d and d["kind"] == "ServiceAccount"
@@ -193,6 +186,21 @@ def operator(
         kube.kubectl("delete", "storageclass", storage_class, check=False)
         # Nothing the operator logged is a traceback (a failure it reports is one line).
         assert "Traceback" not in running.log.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.fixture
+def operator(
+    cluster: k8s.Cluster, kube: Kube, namespace: str, tmp_path: Path, crds_installed: None
+) -> Iterator[Operator]:
+    yield from run_operator(cluster, kube, namespace, tmp_path)
+
+
+@pytest.fixture
+def placing_operator(
+    cluster: k8s.Cluster, kube: Kube, namespace: str, tmp_path: Path, crds_installed: None
+) -> Iterator[Operator]:
+    """With the chart's cluster-wide list of Pods, which placement needs (every pod's GPUs on a node)."""
+    yield from run_operator(cluster, kube, namespace, tmp_path, "--set", "rbac.listPodsClusterWide=true")
 
 
 def miner(operator: Operator, name: str = "m1", **spec: Any) -> Obj:
@@ -476,3 +484,84 @@ def test_a_validators_statefulset_and_state_claim_bind(kube: Kube, operator: Ope
     assert volume["spec"]["claimRef"]["name"] == claim["metadata"]["name"]
     pod = get(kube, "-n", ns, "pod/v1-validator-0")
     assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
+
+
+# ------------------------------------------------------------------------------------------ placement
+
+
+def pools_status(kube: Kube, namespace: str, name: str) -> dict[str, Obj]:
+    status = get(kube, "-n", namespace, f"quasarminer/{name}").get("status") or {}
+    return {pool["name"]: pool for pool in status.get("pools") or []}
+
+
+def unschedulable(pod: Obj) -> bool:
+    return any(
+        (c["type"], c["status"], c.get("reason")) == ("PodScheduled", "False", "Unschedulable")
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
+def test_a_full_pool_leaves_pods_unschedulable_and_the_miner_spills(
+    kube: Kube, placing_operator: Operator
+) -> None:
+    operator = placing_operator
+    ns = operator.namespace
+    h100 = next(pool for pool in k8s.POOLS if pool.name == "h100")
+    # Every h100 GPU taken by someone else's pod.
+    blocker = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "blocker", "namespace": ns},
+        "spec": {
+            "replicas": h100.nodes,
+            "selector": {"matchLabels": {"app": "blocker"}},
+            "template": {
+                "metadata": {"labels": {"app": "blocker"}},
+                "spec": {
+                    "nodeSelector": {k8s.POOL_LABEL: "h100"},
+                    "containers": [
+                        {
+                            "name": "job",
+                            "image": "job:1",
+                            "resources": {"limits": {k8s.GPU: str(h100.gpus_per_node)}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    apply(kube, blocker)
+    kube.kubectl("rollout", "status", "-n", ns, "deployment/blocker", "--timeout=90s")
+
+    # h100 first; a pool with node autoscaling counts no free GPUs (a node may be added), so the operator
+    # places there and only the scheduler can say it is full.
+    pools = [
+        {"name": "h100", "nodeSelector": {k8s.POOL_LABEL: "h100"}, "maxReplicas": 2, "nodeAutoscaling": True},
+        {"name": "a100", "nodeSelector": {k8s.POOL_LABEL: "a100"}, "maxReplicas": 2},
+    ]
+    apply(kube, miner(operator, pod={}, placement={"pools": pools, "spillAfterSeconds": 5}))
+
+    def waiting_on_h100() -> bool:
+        pods = [p for p in gpu_pods(kube, ns, "m1") if p["metadata"]["name"].startswith("m1-miner-h100-")]
+        return any(unschedulable(p) for p in pods)
+
+    eventually("a replica Unschedulable on h100", waiting_on_h100, timeout=60)
+    eventually(
+        "spilled to a100",
+        lambda: (
+            {k: (v["desired"], v["ready"]) for k, v in pools_status(kube, ns, "m1").items()}
+            == {"h100": (0, 0), "a100": (1, 1)}
+        ),
+        timeout=90,
+    )
+    status = pools_status(kube, ns, "m1")
+    assert status["h100"]["fullSince"]
+    assert status["h100"]["spills"] >= 1
+    (pod,) = gpu_pods(kube, ns, "m1")
+    nodes = {n["metadata"]["name"]: n for n in get(kube, "nodes")["items"]}
+    assert nodes[pod["spec"]["nodeName"]]["metadata"]["labels"][k8s.POOL_LABEL] == "a100"
+    warnings = get(kube, "events", "-n", ns, "--field-selector", "involvedObject.name=m1,type=Warning")[
+        "items"
+    ]
+    assert "PoolFull" in {e["reason"] for e in warnings}
+    kube.kubectl("wait", "-n", ns, "quasarminer/m1", "--for=condition=Ready", "--timeout=60s")

@@ -92,6 +92,7 @@ def _namespace(**overrides: object) -> argparse.Namespace:
         "timeout": 60.0,
         "concurrency": 1,
         "output": None,
+        "api": "chat",
     }
     return argparse.Namespace(**{**values, **overrides})
 

@@ -30,6 +30,13 @@ kmock emulates an API server in memory over HTTP; kopf runs against it with thes
     conflicts, `force` ignored) and lists replaced whole rather than merged by key. The real semantics are
     tested on the real API server (tests/e2e/test_operator_*.py).
 
+Where kmock remains, and why (every other operator behaviour test runs on the real control plane,
+tests/e2e/test_operator_lifecycle.py): tests/test_operator.py, for objects the real API server refuses at
+admission (invalid and malformed specs) and for the request log that proves a Secret is read as metadata
+only; tests/test_scaling_operator.py, for pods that are not ready yet (hollow nodes' pods are Ready at once)
+and for engine metrics read from pods (every hollow pod has one address outside loopback), with
+tests/sim_cluster.py; tests/test_scaling_engines.py and benchmarks/bench_operator.py, bench_autoscaling.py.
+
 What kmock does not emulate, the tests must not lean on: there is no /status subresource (a status patch
 is a plain merge), no garbage collection (the operator's own cleanup deletes children; the tests check
 owner references explicitly) and no PUT.

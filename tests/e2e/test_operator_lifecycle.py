@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,7 +80,18 @@ class Operator:
     storage_class: str
     release: str
     log: Path
+    argv: list[str]
+    env: dict[str, str]
+    metrics_port: int
     process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
     def drift_ticks(self) -> int:
         return self.log.read_text(encoding="utf-8", errors="replace").count(DRIFT_TICK)
@@ -165,18 +177,19 @@ def run_operator(
     )  # fmt: skip
     storage_class = f"e2e-{namespace}"
     local_storage(kube, storage_class, tmp_path / "volumes", volumes=2)
-    running = Operator(namespace, storage_class, release, tmp_path / "operator.log")
-    env = {
-        **os.environ,
-        **OPERATOR_ENV,
-        "KUBECONFIG": str(
-            token_kubeconfig(cluster, kube, namespace, account, tmp_path / "operator.kubeconfig")
-        ),
-    }
-    argv = [str(QUASAR), "operator", "run", "-n", namespace]
-    ports = ["--liveness-port", str(k8s.free_port()), "--metrics-port", str(k8s.free_port())]
-    with running.log.open("wb") as out:
-        running.process = subprocess.Popen([*argv, *ports], stdout=out, stderr=subprocess.STDOUT, env=env)
+    kubeconfig = token_kubeconfig(cluster, kube, namespace, account, tmp_path / "operator.kubeconfig")
+    metrics_port = k8s.free_port()
+    ports = ["--liveness-port", str(k8s.free_port()), "--metrics-port", str(metrics_port)]
+    running = Operator(
+        namespace,
+        storage_class,
+        release,
+        log=tmp_path / "operator.log",
+        argv=[str(QUASAR), "operator", "run", "-n", namespace, *ports],
+        env={**os.environ, **OPERATOR_ENV, "KUBECONFIG": str(kubeconfig)},
+        metrics_port=metrics_port,
+    )
+    running.start()
     try:
         yield running
     finally:
@@ -340,6 +353,25 @@ def test_a_miner_runs_on_hollow_gpu_nodes_reads_right_in_kubectl_and_scales(
     assert len(gpu_pods(kube, ns, "m1")) == 2
     assert table(kube, "-n", ns, "quasarminer/m1")["READY"] == "2"
 
+    # The operator keeps its marks under its own names.
+    meta = get(kube, "-n", ns, "quasarminer/m1")["metadata"]
+    assert meta["finalizers"] == ["quasar.ai/finalizer"]
+    ours = {key for key in meta["annotations"] if key != "kubectl.kubernetes.io/last-applied-configuration"}
+    assert "quasar.ai/last-handled-configuration" in ours
+    assert all(key.startswith("quasar.ai/") for key in ours), ours
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10) as answer:
+        assert (
+            'quasar_operator_reconciles_total{kind="QuasarMiner",outcome="success"}' in answer.read().decode()
+        )
+
+    # Deleted, the operator deletes the children itself before its finalizer goes (the claim stays until
+    # its pods are gone: Kubernetes' pvc-protection finalizer).
+    kube.kubectl("delete", "-n", ns, "quasarminer/m1", "--timeout=60s")
+    left = kube.kubectl("get", "-n", ns, *children("m1"), "--ignore-not-found", "-o", "json").stdout
+    assert all(
+        item["metadata"].get("deletionTimestamp") for item in json.loads(left or '{"items": []}')["items"]
+    )
+
 
 def test_at_rest_the_operator_writes_nothing_and_takes_its_fields_back(
     cluster: k8s.Cluster, kube: Kube, operator: Operator
@@ -485,6 +517,10 @@ def test_a_validators_statefulset_and_state_claim_bind(kube: Kube, operator: Ope
     pod = get(kube, "-n", ns, "pod/v1-validator-0")
     assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
 
+    kube.kubectl("delete", "-n", ns, "quasarvalidator/v1", "--timeout=60s")
+    paths = ["statefulset/v1-validator", "service/v1-validator"]
+    assert kube.kubectl("get", "-n", ns, *paths, "--ignore-not-found", "-o", "name").stdout == ""
+
 
 # ------------------------------------------------------------------------------------------ placement
 
@@ -565,3 +601,185 @@ def test_a_full_pool_leaves_pods_unschedulable_and_the_miner_spills(
     ]
     assert "PoolFull" in {e["reason"] for e in warnings}
     kube.kubectl("wait", "-n", ns, "quasarminer/m1", "--for=condition=Ready", "--timeout=60s")
+
+
+def blocker(namespace: str, pool: str, gpus: int) -> Obj:
+    """Someone else's pod holding `gpus` of `pool`'s GPUs."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": f"blocker-{pool}", "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": f"blocker-{pool}"}},
+            "template": {
+                "metadata": {"labels": {"app": f"blocker-{pool}"}},
+                "spec": {
+                    "nodeSelector": {k8s.POOL_LABEL: pool},
+                    "containers": [
+                        {"name": "job", "image": "job:1", "resources": {"limits": {k8s.GPU: str(gpus)}}}
+                    ],
+                },
+            },
+        },
+    }
+
+
+def no_gpus_taken_elsewhere(kube: Kube, namespace: str) -> bool:
+    """No pod outside `namespace` holds GPUs (earlier tests' namespaces are deleted without waiting)."""
+    pods = get(kube, "pods", "-A")["items"]
+    return not [
+        p
+        for p in pods
+        if p["metadata"]["namespace"] != namespace
+        and any(k8s.GPU in (c.get("resources") or {}).get("limits", {}) for c in p["spec"]["containers"])
+    ]
+
+
+def pool(name: str, max_replicas: int, **extra: Any) -> Obj:
+    return {"name": name, "nodeSelector": {k8s.POOL_LABEL: name}, "maxReplicas": max_replicas, **extra}
+
+
+def pairs(kube: Kube, namespace: str, name: str) -> dict[str, tuple[int, int]]:
+    """Each pool's (desired, ready) in the miner's status."""
+    return {k: (v["desired"], v["ready"]) for k, v in pools_status(kube, namespace, name).items()}
+
+
+def pod_pools(kube: Kube, namespace: str, name: str) -> list[str]:
+    nodes = {
+        n["metadata"]["name"]: n["metadata"]["labels"][k8s.POOL_LABEL] for n in get(kube, "nodes")["items"]
+    }
+    return sorted(
+        nodes[p["spec"]["nodeName"]] for p in gpu_pods(kube, namespace, name) if p["spec"].get("nodeName")
+    )
+
+
+def test_replicas_fill_the_first_pool_by_its_free_gpus_then_the_next(
+    kube: Kube, placing_operator: Operator
+) -> None:
+    operator = placing_operator
+    ns = operator.namespace
+    eventually("GPUs free of earlier tests", lambda: no_gpus_taken_elsewhere(kube, ns))
+    h100 = next(p for p in k8s.POOLS if p.name == "h100")
+    apply(kube, blocker(ns, "h100", h100.gpus_per_node - 2))  # room for two one-GPU replicas
+    kube.kubectl("rollout", "status", "-n", ns, "deployment/blocker-h100", "--timeout=90s")
+    placement = {"pools": [pool("h100", 4), pool("a100", 4)], "spillAfterSeconds": 60}
+    apply(kube, miner(operator, pod={}, replicas=3, placement=placement))
+    eventually(
+        "2 on h100 (its free GPUs), 1 on a100",
+        lambda: pairs(kube, ns, "m1") == {"h100": (2, 2), "a100": (1, 1)},
+        timeout=90,
+    )
+    assert pools_status(kube, ns, "m1")["h100"]["free"] == 0
+    assert pod_pools(kube, ns, "m1") == ["a100", "h100", "h100"]
+    # Nothing was sent where it could not run: the operator counted the GPUs as the scheduler does.
+    assert not [p for p in gpu_pods(kube, ns, "m1") if unschedulable(p)]
+    body = get(kube, "-n", ns, "quasarminer/m1")
+    assert (body["status"]["readyReplicas"], body["status"]["unplaced"]) == (3, 0)
+
+    # Deleting the miner deletes every pool's Deployment.
+    kube.kubectl("delete", "-n", ns, "quasarminer/m1", "--timeout=60s")
+    for name in ("m1-miner-h100", "m1-miner-a100"):
+        assert not kube.kubectl("get", "-n", ns, f"deployment/{name}", "--ignore-not-found").stdout
+
+
+def test_miners_planning_at_once_do_not_count_the_same_free_gpus(
+    kube: Kube, placing_operator: Operator
+) -> None:
+    operator = placing_operator
+    ns = operator.namespace
+    eventually("GPUs free of earlier tests", lambda: no_gpus_taken_elsewhere(kube, ns))
+    h100 = next(p for p in k8s.POOLS if p.name == "h100")
+    apply(kube, blocker(ns, "h100", h100.gpus_per_node - 2))
+    kube.kubectl("rollout", "status", "-n", ns, "deployment/blocker-h100", "--timeout=90s")
+    placement = {"pools": [pool("h100", 2), pool("a100", 4)], "spillAfterSeconds": 60}
+    bodies = [miner(operator, name, pod={}, replicas=2, placement=placement) for name in ("m1", "m2")]
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": bodies}))
+    eventually(
+        "both miners ready",
+        lambda: all(ready_replicas(kube, ns, name, 2) for name in ("m1", "m2")),
+        timeout=90,
+    )
+    assert sorted(pod_pools(kube, ns, "m1") + pod_pools(kube, ns, "m2")) == ["a100", "a100", "h100", "h100"]
+    # No pod was sent to a pool the other miner had just filled.
+    assert not [p for name in ("m1", "m2") for p in gpu_pods(kube, ns, name) if unschedulable(p)]
+
+
+def test_external_mode_follows_spec_replicas_within_bounds_and_never_writes_them(
+    kube: Kube, operator: Operator
+) -> None:
+    ns = operator.namespace
+    autoscaling = {"mode": "external", "minReplicas": 1, "maxReplicas": 3}
+    apply(kube, miner(operator, replicas=2, autoscaling=autoscaling))
+    eventually("two ready", lambda: ready_replicas(kube, ns, "m1", 2), timeout=90)
+    kube.kubectl("scale", "-n", ns, "quasarminer/m1", "--replicas=50")  # what an HPA does
+    eventually("clamped to maxReplicas", lambda: ready_replicas(kube, ns, "m1", 3), timeout=90)
+    kube.kubectl("scale", "-n", ns, "quasarminer/m1", "--replicas=0")
+    eventually("clamped to minReplicas", lambda: ready_replicas(kube, ns, "m1", 1), timeout=90)
+    body = with_fields(kube, ns, "quasarminer/m1")
+    assert body["spec"]["replicas"] == 0  # the HPA's value stays; the operator decided in the status
+    assert body["status"]["desiredReplicas"] == 1
+    # Of the spec, the operator's managers (kopf, its status) own nothing: the user and the scaler do.
+    for entry in body["metadata"]["managedFields"]:
+        if entry["manager"] == "kopf":
+            assert "f:spec" not in entry["fieldsV1"], entry
+
+
+def test_a_missing_secret_degrades_until_created_and_a_restart_picks_up_changes(
+    cluster: k8s.Cluster, kube: Kube, operator: Operator, tmp_path: Path
+) -> None:
+    ns = operator.namespace
+    apply(kube, miner(operator, wallet={"secretName": "later"}))
+    eventually("SecretMissing", lambda: condition_is(kube, ns, "m1", "Degraded", "True"))
+    degraded = conditions(get(kube, "-n", ns, "quasarminer/m1"))["Degraded"]
+    assert degraded["reason"] == "SecretMissing"
+    assert f"Secret {ns}/later does not exist" in degraded["message"]
+    assert not kube.kubectl("get", "-n", ns, "deployment/m1-miner", "--ignore-not-found").stdout
+    kube.kubectl(
+        "create", "secret", "generic", "later", "-n", ns,
+        "--from-literal=hotkey={}", "--from-literal=coldkeypub.txt={}",
+    )  # fmt: skip
+    kube.kubectl("wait", "-n", ns, "quasarminer/m1", "--for=condition=Ready", "--timeout=90s")
+
+    # Changed while no operator runs: the next one picks it up, and converges without duplicates.
+    operator.stop()
+    model = "Qwen/Qwen2.5-14B-Instruct-1M"
+    kube.kubectl(
+        "patch",
+        "-n",
+        ns,
+        "quasarminer/m1",
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"model": {"id": model}}}),
+    )
+    operator.restart()
+    eventually(
+        "the new model in the Deployment",
+        lambda: (
+            model
+            in get(kube, "-n", ns, "deployment/m1-miner")["spec"]["template"]["spec"]["containers"][0]["args"]
+        ),
+        timeout=90,
+    )
+    eventually(
+        "generation 2 observed",
+        lambda: get(kube, "-n", ns, "quasarminer/m1")["status"]["observedGeneration"] == 2,
+    )
+    # A deleted child is re-created by the drift timer.
+    before = get(kube, "-n", ns, "service/m1-miner-metrics")["metadata"]["uid"]
+    kube.kubectl("delete", "-n", ns, "service/m1-miner-metrics")
+    eventually(
+        "the Service re-created",
+        lambda: (
+            (
+                found := kube.kubectl(
+                    "get", "-n", ns, "service/m1-miner-metrics", "--ignore-not-found", "-o", "json"
+                ).stdout
+            )
+            != ""
+            and json.loads(found)["metadata"]["uid"] != before
+        ),
+    )
+    names = [d["metadata"]["name"] for d in get(kube, "deployments", "-n", ns)["items"]]
+    assert sorted(n for n in names if n.startswith("m1-")) == ["m1-miner"]

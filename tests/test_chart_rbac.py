@@ -25,6 +25,9 @@ from tests.test_crds import EXAMPLES, load
 Obj = dict[str, Any]
 Permission = tuple[str, str, str]  # (API group, resource, verb)
 VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "DELETE": "delete"}
+# A server-side apply (a PATCH of this type) creates the object when it is missing, and the API server then
+# authorises it as a create too: it needs both verbs.
+APPLY_PATCH = "application/apply-patch+yaml"
 PLURALS = ("quasarminers", "quasarvalidators")
 # kopf, in a watched namespace: it lists and watches the resources, merge-patches them (its finalizer and
 # annotations) and their status subresource, and posts core/v1 Events. Standalone: no peering objects.
@@ -45,6 +48,18 @@ CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "nodes"}
 LOAD_BALANCER = {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}
 
 
+# A wallet Secret as a metadata-only read (PartialObjectMetadata) shows it: its key names in managedFields.
+WALLET_METADATA = {
+    "apiVersion": "meta.k8s.io/v1",
+    "kind": "PartialObjectMetadata",
+    "metadata": {
+        "managedFields": [
+            {"manager": "kubectl-create", "fieldsV1": {"f:data": {"f:hotkey": {}, "f:coldkeypub.txt": {}}}}
+        ]
+    },
+}
+
+
 class Recorder:
     """An API server that answers every call plausibly and records (method, path)."""
 
@@ -54,10 +69,14 @@ class Recorder:
 
     async def handle(self, request: web.Request) -> web.Response:
         self.calls.add((request.method, request.path))
+        if request.method == "PATCH" and request.content_type == APPLY_PATCH:
+            self.calls.add(("POST", request.path))
         if request.method == "POST":
             # A created Service has its load balancer's address, so the miner's Deployment follows.
             return web.json_response({**await request.json(), "status": LOAD_BALANCER})
-        if request.method == "GET" and not self.present and "/secrets/" not in request.path:
+        if request.method == "GET" and "/secrets/" in request.path:
+            return web.json_response(WALLET_METADATA)  # what the wallet check's metadata-only read gets
+        if request.method == "GET" and not self.present:
             return web.json_response({"message": "not found"}, status=404)
         return web.json_response(
             {"metadata": {"ownerReferences": [{"uid": "uid-1"}]}, "status": LOAD_BALANCER}

@@ -25,8 +25,9 @@ import datetime
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from quasar_operator.apply import ALL_PODS_PATH, NODES_PATH, KubeApi, matches, object_path
@@ -249,10 +250,17 @@ def _pod_status(ready: bool) -> Obj:
     }
 
 
-@contextlib.asynccontextmanager
-async def simulated(api: KubeApi, namespace: str, period: float = 0.05) -> AsyncIterator[SimCluster]:
+ClusterT = TypeVar("ClusterT", bound=SimCluster)
+
+
+def simulated(api: KubeApi, namespace: str, period: float = 0.05) -> AbstractAsyncContextManager[SimCluster]:
     """The simulated controllers, running every `period` seconds until the block ends."""
-    sim = SimCluster(api, namespace)
+    return running(SimCluster(api, namespace), period)
+
+
+@contextlib.asynccontextmanager
+async def running(sim: ClusterT, period: float = 0.05) -> AsyncIterator[ClusterT]:
+    """`sim` (a SimCluster or a subclass) ticking every `period` seconds until the block ends."""
 
     async def loop() -> None:
         while True:

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import copy
 import urllib.request
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,7 @@ from quasar_operator.apply import KubeApi, object_path
 
 from tests.fake_openai_engines import FakeOpenAIEngine, FakeSGLang, FakeVLLM
 from tests.k8s_emulator import client, emulator, eventually, operator
-from tests.sim_cluster import SimCluster
+from tests.sim_cluster import SimCluster, running
 from tests.test_operator import CRS, NS, secret
 from tests.test_scaling_operator import PATH, SETTINGS, events, placed, pool, until_pools
 
@@ -68,25 +67,10 @@ class EngineCluster(SimCluster):
             await self._stop_server(name)
 
 
-@contextlib.asynccontextmanager
-async def engine_cluster(
-    api: KubeApi, double: type[FakeOpenAIEngine], period: float = 0.05
-) -> AsyncIterator[EngineCluster]:
-    sim = EngineCluster(api, NS, double=double)
-
-    async def loop() -> None:
-        while True:
-            await sim.tick()
-            await asyncio.sleep(period)
-
-    task = asyncio.create_task(loop())
-    try:
-        yield sim
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await sim.close()
+def engine_cluster(
+    api: KubeApi, double: type[FakeOpenAIEngine]
+) -> contextlib.AbstractAsyncContextManager[EngineCluster]:
+    return running(EngineCluster(api, NS, double=double))
 
 
 async def engine_metric(sim: EngineCluster, name: str) -> float | None:

@@ -274,7 +274,9 @@ async def operator(server: Emulator, settings: Settings = TEST_SETTINGS) -> Asyn
         yield settings
     finally:
         stop.set()
-        await asyncio.wait_for(task, 15)
+        # kopf lets timers mid-reconcile finish (instant_exit_timeout, 10 s) for each of many objects; on a
+        # loaded machine with hundreds of them that takes more than 15 s.
+        await asyncio.wait_for(task, 60)
 
 
 def operator_patches(server: Emulator, plural: str) -> list[list[str]]:

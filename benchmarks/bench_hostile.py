@@ -37,9 +37,7 @@ from neurons import protocol
 from neurons.auth import AUTH_HEADERS, create_wallet, signed_headers
 from neurons.chain import FakeChain
 from neurons.miner import MinerConfig, RunningMiner, start_miner
-from tests.test_miner_fuzz import CountingEngine
-
-Pair = tuple[str, str]
+from tests.test_miner_fuzz import CountingEngine, Pair, render
 
 
 @dataclass
@@ -70,11 +68,6 @@ class Bench:
             ("Content-Length", str(len(body))),
             ("Connection", "close"),
         ]
-
-
-def render(request_line: bytes, headers: list[Pair], body: bytes) -> bytes:
-    lines = [request_line, *(f"{k}: {v}".encode("utf-8", "surrogatepass") for k, v in headers)]
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 async def exchange(port: int, raw: bytes) -> int | None:

@@ -1,65 +1,87 @@
-"""N QuasarMiners created at once: how long until the operator has reconciled them all, per-object latency,
-and the operator process's peak memory.
+"""N QuasarMiners created at once on the real control plane: how long until the operator has reconciled them
+all, per-miner latency, what it costs the operator, and the API server requests it makes per reconcile.
 
     .venv/bin/python -m benchmarks.bench_operator [--counts 100,500] [--timeout 300]
 
-For each N:
+For each N, a fresh cluster and operator:
 
-- this process runs the API server: kmock's emulator with the tests' adaptations (tests/k8s_emulator.py),
-  without its request log (adaptation 4, whose O(N²) matching would otherwise be what is measured); its
-  lists honour `labelSelector` (adaptation 5: otherwise each reconcile, which lists its miner's own
-  Deployments, would get and parse all N, an O(N²) that a real API server does not cause);
-- the operator runs as users run it, `quasar operator run -A` in its own process, logged in through a
-  kubeconfig that points at the emulator, with the production settings (60 s drift timer);
-- one wallet Secret, then N QuasarMiners (crds/examples/quasarminer.yaml, each with a fixed external IP:
-  the emulator runs no cloud controller to give a LoadBalancer one) are created as fast as the API server
-  takes them.
+- a loopback cluster (scripts/k8s/cluster.py: etcd, kube-apiserver, controller-manager, scheduler, three
+  hollow GPU nodes as it starts them);
+- the committed CRDs, the namespace `bench` and its wallet Secret (bench_operator_writes.prepare);
+- the operator as users run it, `quasar operator run -n bench` in its own process with the production
+  settings (60 s drift timer), as the cluster's admin;
+- then N QuasarMiners (crds/examples/quasarminer.yaml with a fixed external IP: no cloud controller gives a
+  LoadBalancer one), POSTed concurrently by this process (up to 100 in flight, aiohttp's default pool).
 
-Measured: "all reconciled", from the first create to the last resource whose status says Reconciled=True
-(its children applied); per-object latency, from a resource's create to its Reconciled=True (the
-emulator's state, sampled every 20 ms); the reconciles and failures the operator counted (its Prometheus
-metrics); its peak RSS (VmHWM) and the CPU time it used from the first create to the end (Linux /proc); the
-CPU time of this process over the same span: the emulator, and the sampling (at most about 1 ms a sample
-at N=500). Both processes share the machine's cores. p99 is the nearest rank.
+The miners' pods stay Pending, never scheduled: each miner's model-cache claim (the example's default) has
+no StorageClass and the cluster no provisioner, so no claim binds and the scheduler places no pod. What is
+measured is the operator and the control plane, not 500 hollow pods (which three hollow nodes, 20 GPUs in
+all, could not hold anyway).
+
+Measured:
+
+- "all reconciled": from the first create to the last miner whose status says the operator reconciled its
+  current spec (status.observedGeneration == metadata.generation, and Reconciled=True: its children
+  applied), as a watch on the miners sees it; each miner's latency, from its create's answer to that; p99
+  is the nearest rank;
+- reconciles and failures, as the operator's own metrics count them;
+- the operator's peak RSS (VmHWM), and the CPU time (/proc) of the operator, kube-apiserver and etcd from
+  the first create to the last miner reconciled;
+- API requests per reconcile: what the API server served (its `apiserver_request_total`, after minus
+  before) on what the operator reads and writes, by verb. Reads: GET and LIST of QuasarMiners, Secrets,
+  Deployments, Services, PodDisruptionBudgets, PersistentVolumeClaims and Pods (the controllers read
+  through their watches). Writes: those bench_operator_writes counts, less this benchmark's own creates
+  and less core Events, which the controllers post too (the persistent-volume controller, about every
+  claim); the operator's Events are counted apart, as the Events in the namespace it reported. WATCH is
+  left out: opened once, long-running.
 Target: 500 reconciled in under 60 s, peak RSS under 300 MB.
 """
 
 import argparse
 import asyncio
+import contextlib
+import json
 import math
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import kmock
+import kopf
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from quasar_operator.apply import KubeApi, object_path
+from quasar_operator.apply import KubeApi
+from quasar_operator.settings import FIELD_MANAGER
 
-from benchmarks.operator_process import kubeconfig, proc_status, wait_alive
-from tests.k8s_emulator import Emulator, client, emulator, free_port, url
+from benchmarks.bench_operator_writes import (
+    EXAMPLE,
+    NAMESPACE,
+    miner,
+    prepare,
+    reconcile_counts,
+    start_operator,
+    stop_operator,
+)
+from benchmarks.operator_process import proc_status, wait_alive
+from scripts.k8s import cluster as k8s
+from tests.e2e.test_operator_lifecycle import WRITE_VERBS, WRITTEN
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "crds" / "examples" / "quasarminer.yaml"
-NAMESPACE = "bench"
 MINERS = f"/apis/quasar.ai/v1alpha1/namespaces/{NAMESPACE}/quasarminers"
-# kmock looks up `objects[key]` with the resource as a string, but `key in objects` only with this.
-RESOURCE = kmock.resource("quasar.ai/v1alpha1/quasarminers")
-POLL = 0.02
+READ_VERBS = {"GET", "LIST"}
+READ = WRITTEN | {("", "secrets"), ("", "pods")}
+VERBS = ("GET", "LIST", "APPLY", "PATCH", "POST", "DELETE")
 
 
 @dataclass(frozen=True)
 class Outcome:
     count: int
     reconciled: int
+    created_s: float
     total_s: float
     p50_s: float
     p99_s: float
@@ -67,112 +89,138 @@ class Outcome:
     failures: float
     peak_rss_mb: float
     cpu_s: float
-    emulator_cpu_s: float
+    apiserver_cpu_s: float
+    etcd_cpu_s: float
+    requests: Counter[str]  # the operator's, by verb
+    events: int  # the Events the operator posted
 
 
-def miner(name: str, example: dict[str, Any]) -> dict[str, Any]:
-    body = {**example, "metadata": {"name": name, "namespace": NAMESPACE}}
-    body["spec"] = {**example["spec"], "exposure": {"externalIP": "203.0.113.7"}}
-    return body
-
-
-def reconciled(server: Emulator, name: str) -> bool:
-    key = (RESOURCE, NAMESPACE, name)
-    if key not in server.objects:
+def is_reconciled(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") != obj["metadata"].get("generation"):
         return False
-    conditions = (server.objects[key].get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Reconciled" and c.get("status") == "True" for c in conditions)
+    return any(
+        c.get("type") == "Reconciled" and c.get("status") == "True" for c in status.get("conditions") or []
+    )
 
 
-async def metrics(session: aiohttp.ClientSession, port: int) -> tuple[float, float]:
-    """The operator's own counts: QuasarMiner reconciles, and those that failed."""
-    async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
-        text = await response.text()
-    counts = {"success": 0.0, "failure": 0.0}
-    for family in text_string_to_metric_families(text):
-        if family.name == "quasar_operator_reconciles":
-            for sample in family.samples:
-                if sample.name.endswith("_total") and sample.labels.get("kind") == "QuasarMiner":
-                    counts[sample.labels["outcome"]] += sample.value
-    return counts["success"] + counts["failure"], counts["failure"]
+def request_counts(cluster: k8s.Cluster) -> Counter[tuple[str, str, str, str]]:
+    """Every request the API server has served, by (verb, group, resource, subresource)."""
+    counts: Counter[tuple[str, str, str, str]] = Counter()
+    for family in text_string_to_metric_families(cluster.request("GET", "/metrics").decode()):
+        for sample in family.samples:
+            if sample.name == "apiserver_request_total":
+                labels = sample.labels
+                key = (labels["verb"], labels.get("group", ""), labels.get("resource", ""))
+                counts[(*key, labels.get("subresource", ""))] += int(sample.value)
+    return counts
 
 
-async def create_all(api: KubeApi, names: list[str], example: dict[str, Any]) -> dict[str, float]:
+def operator_requests(
+    before: Counter[tuple[str, str, str, str]], after: Counter[tuple[str, str, str, str]]
+) -> Counter[str]:
+    """Of the requests served between `before` and `after`, the operator's by verb (the module says which)."""
+    by_verb: Counter[str] = Counter()
+    for (verb, group, resource, subresource), value in (after - before).items():
+        if subresource and group != "quasar.ai":
+            continue  # a child's status: its controller's
+        if (verb, group, resource) == ("POST", "quasar.ai", "quasarminers"):
+            continue  # this benchmark's creates
+        read = verb in READ_VERBS and (group, resource) in READ
+        written = verb in WRITE_VERBS and (group, resource) in WRITTEN - {("", "events")}
+        if read or written:
+            by_verb[verb] += value
+    return by_verb
+
+
+def operator_events(cluster: k8s.Cluster) -> int:
+    events = cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/events")["items"]
+    return sum(e.get("reportingComponent") == FIELD_MANAGER for e in events)
+
+
+def connection(cluster: k8s.Cluster) -> kopf.ConnectionInfo:
+    folder = cluster.certificates.folder
+    return kopf.ConnectionInfo(
+        server=cluster.server,
+        ca_path=cluster.certificates.ca,
+        certificate_path=folder / "admin.crt",
+        private_key_path=folder / "admin.key",
+    )
+
+
+async def watch_reconciled(api: KubeApi, done: dict[str, float], count: int) -> None:
+    """Note in `done` when each miner is first seen reconciled, until `count` are. Without a resourceVersion
+    the watch starts with the miners that exist already, so none is missed while it connects."""
+    no_timeout = aiohttp.ClientTimeout(total=None)
+    async with api.session.get(api.server + MINERS, params={"watch": "true"}, timeout=no_timeout) as response:
+        response.raise_for_status()
+        async for line in response.content:
+            obj = json.loads(line)["object"]
+            name = obj["metadata"]["name"]
+            if name not in done and is_reconciled(obj):
+                done[name] = time.monotonic()
+                if len(done) == count:
+                    return
+
+
+async def create_all(api: KubeApi, count: int) -> dict[str, float]:
+    example = yaml.safe_load(EXAMPLE.read_text())
     created: dict[str, float] = {}
 
     async def create(name: str) -> None:
         await api.create(MINERS, miner(name, example))
         created[name] = time.monotonic()
 
-    await asyncio.gather(*(create(name) for name in names))
+    await asyncio.gather(*(create(f"m{i}") for i in range(count)))
     return created
 
 
-async def measure(count: int, timeout: float, workdir: Path) -> Outcome:
-    example = yaml.safe_load(EXAMPLE.read_text())
-    names = [f"m{i}" for i in range(count)]
-    # SIGTERM cancels this, so that the finally below stops the operator while the emulator still serves it.
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    async with emulator(log_requests=False) as server, client(server) as api:
-        await api.create(
-            object_path("Secret", NAMESPACE),
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "miner-wallet"},
-                # The keys the pods mount (values base64): the operator refuses a Secret without them.
-                "data": {"hotkey": "e30=", "coldkeypub.txt": "e30="},
-            },
-        )
-        config = workdir / "kubeconfig"
-        kubeconfig(config, url(server))
-        liveness, metrics_port = free_port(), free_port()
-        command = [sys.executable, "-m", "quasar_cli", "operator", "run", "-A"]
-        command += ["--liveness-port", str(liveness), "--metrics-port", str(metrics_port)]
-        env = {**os.environ, "KUBECONFIG": str(config)}
-        with (workdir / f"operator-{count}.log").open("wb") as log:
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            async with aiohttp.ClientSession() as session:
-                await wait_alive(session, liveness, process)
-                _, cpu_before = proc_status(process.pid)
-                emulator_before = time.process_time()
-                started = time.monotonic()
-                creating = asyncio.create_task(create_all(api, names, example))
-                done: dict[str, float] = {}
-                while len(done) < count and time.monotonic() - started < timeout:
-                    await asyncio.sleep(POLL)
-                    now = time.monotonic()
-                    done.update(
-                        {name: now for name in names if name not in done and reconciled(server, name)}
-                    )
-                created = await creating
-                emulator_cpu_s = time.process_time() - emulator_before
-                peak_mb, cpu_after = proc_status(process.pid)
-                reconciles, failures = await metrics(session, metrics_port)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                # In a thread: the operator may still be waiting on the emulator, which this loop serves.
-                await asyncio.to_thread(process.wait, 30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+def cpu_s(pid: int) -> float:
+    return proc_status(pid)[1]
+
+
+async def measure(cluster: k8s.Cluster, count: int, timeout: float, log: Path) -> Outcome:
+    prepare(cluster)
+    pids = {c.name: c.process.pid for c in cluster.components}
+    metrics_port, liveness_port = k8s.free_port(), k8s.free_port()
+    process = start_operator(cluster, log, metrics_port, liveness_port)
+    api = KubeApi.connect(connection(cluster), timeout=60, user_agent="bench-operator")
+    try:
+        await wait_alive(api.session, liveness_port, process)
+        before = request_counts(cluster)
+        cpu_before = [cpu_s(pid) for pid in (process.pid, pids["kube-apiserver"], pids["etcd"])]
+        done: dict[str, float] = {}
+        watching = asyncio.create_task(watch_reconciled(api, done, count))
+        started = time.monotonic()
+        created = await create_all(api, count)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(watching, max(0.0, timeout - (time.monotonic() - started)))
+        cpu_after = [cpu_s(pid) for pid in (process.pid, pids["kube-apiserver"], pids["etcd"])]
+        peak_mb = proc_status(process.pid)[0]
+        after = request_counts(cluster)
+        counts = reconcile_counts(metrics_port)
+        events = operator_events(cluster)
+    finally:
+        await api.close()
+        await asyncio.to_thread(stop_operator, process)
     latencies = sorted(done[name] - created[name] for name in done)
     rank = max(0, math.ceil(0.99 * len(latencies)) - 1)
+    operator_cpu, apiserver_cpu, etcd_cpu = (a - b for a, b in zip(cpu_after, cpu_before, strict=True))
     return Outcome(
         count=count,
         reconciled=len(done),
+        created_s=max(created.values()) - started,
         total_s=max(done.values(), default=started) - started,
         p50_s=statistics.median(latencies) if latencies else float("nan"),
         p99_s=latencies[rank] if latencies else float("nan"),
-        reconciles=reconciles,
-        failures=failures,
+        reconciles=sum(counts.values()),
+        failures=counts.get("failure", 0.0),
         peak_rss_mb=peak_mb,
-        cpu_s=cpu_after - cpu_before,
-        emulator_cpu_s=emulator_cpu_s,
+        cpu_s=operator_cpu,
+        apiserver_cpu_s=apiserver_cpu,
+        etcd_cpu_s=etcd_cpu,
+        requests=operator_requests(before, after),
+        events=events,
     )
 
 
@@ -182,29 +230,39 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for each N")
     args = parser.parse_args()
     counts = [int(n) for n in args.counts.split(",")]
-    print(
-        f"{os.cpu_count()} CPUs; operator: quasar operator run -A (its own process) against kmock's emulator"
-    )
     columns = ["N", "reconciled", "all reconciled (s)", "p50 (s)", "p99 (s)", "reconciles", "failures"]
-    columns += ["peak RSS (MB)", "operator CPU (s)", "emulator CPU (s)"]
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
+    columns += ["peak RSS (MB)", "operator CPU (s)", "kube-apiserver CPU (s)", "etcd CPU (s)"]
+    columns.append("API requests per reconcile")
+    notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for count in counts:
-            try:
-                o = asyncio.run(measure(count, args.timeout, Path(tmp)))
-            except asyncio.CancelledError:
-                sys.exit(143)
+        for index, count in enumerate(counts):
+            load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+            with k8s.running() as cluster:
+                if index == 0:
+                    print(f"{os.cpu_count()} CPUs; kube-apiserver {cluster.version()}; operator: quasar "
+                          f"operator run -n {NAMESPACE} (its own process)", flush=True)  # fmt: skip
+                    print("| " + " | ".join(columns) + " |")
+                    print("|" + "---|" * len(columns), flush=True)
+                log = Path(tmp) / f"operator-{count}.log"
+                o = asyncio.run(measure(cluster, count, args.timeout, log))
+            per_reconcile = {v: o.requests[v] / max(o.reconciles, 1) for v in VERBS if o.requests[v]}
             print(
                 f"| {o.count} | {o.reconciled} | {o.total_s:.1f} | {o.p50_s:.2f} | {o.p99_s:.2f} "
                 f"| {o.reconciles:.0f} | {o.failures:.0f} | {o.peak_rss_mb:.0f} | {o.cpu_s:.1f} "
-                f"| {o.emulator_cpu_s:.1f} |",
+                f"| {o.apiserver_cpu_s:.1f} | {o.etcd_cpu_s:.1f} | {sum(per_reconcile.values()):.1f} |",
                 flush=True,
             )
+            notes.append(
+                f"N={count}: load average before {load}, after "
+                + " ".join(f"{x:.2f}" for x in os.getloadavg())
+                + "; requests per reconcile by verb: "
+                + ", ".join(f"{verb} {n:.2f}" for verb, n in per_reconcile.items())
+                + f"; all created in {o.created_s:.1f} s; Events the operator posted: {o.events}"
+            )
             if o.reconciled < o.count:
-                log = Path(tmp) / f"operator-{count}.log"
-                print(f"  not all reconciled within {args.timeout:.0f} s; the operator's log ends:")
-                print("  " + "\n  ".join(log.read_text().splitlines()[-10:]))
+                notes.append(f"N={count}: not all reconciled within {args.timeout:.0f} s; the log ends:")
+                notes.append("  " + "\n  ".join(log.read_text().splitlines()[-10:]))
+    print("\n".join(notes))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@
   settings (60 s drift timer: every miner reconciled once a minute), as the cluster's admin.
 
 Measured, once every miner is Ready and `--settle` more seconds have passed (every drift timer has fired
-at least once since): over `--window` seconds, the write requests (POST, PUT, PATCH, APPLY, DELETE) the API
-server served on what the operator writes (its `apiserver_request_total`: QuasarMiners and their status,
-Deployments, Services, PodDisruptionBudgets, PersistentVolumeClaims, StatefulSets, and core Events from any
-source), per minute, with the reconciles the operator ran in the window (its own metrics).
+at least once since): over `--window` seconds, the write requests (POST, PATCH, APPLY, DELETE; not PUT,
+which only controllers use) the API server served on what the operator writes (its
+`apiserver_request_total`: QuasarMiners and their status, Deployments, Services, PodDisruptionBudgets,
+PersistentVolumeClaims, StatefulSets, and core Events from any source), per minute, with the reconciles the
+operator ran in the window (its own metrics).
 """
 
 import argparse
@@ -55,7 +56,8 @@ def kubectl(cluster: k8s.Cluster, *args: str, stdin: str | None = None) -> str:
     return done.stdout
 
 
-def setup(cluster: k8s.Cluster, count: int, volume: Path) -> None:
+def prepare(cluster: k8s.Cluster) -> None:
+    """The committed CRDs, established; the namespace NAMESPACE and its wallet Secret."""
     kubectl(
         cluster,
         "apply",
@@ -63,13 +65,25 @@ def setup(cluster: k8s.Cluster, count: int, volume: Path) -> None:
         *[a for p in sorted((ROOT / "crds").glob("*.yaml")) for a in ("-f", str(p))],
     )
     kubectl(cluster, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    for name, _ in k8s.node_names():
-        cluster.set_gpus(name, GPUS_PER_NODE)
     kubectl(cluster, "create", "namespace", NAMESPACE)
     kubectl(
         cluster, "create", "secret", "generic", "miner-wallet", "-n", NAMESPACE,
         "--from-literal=hotkey={}", "--from-literal=coldkeypub.txt={}",
     )  # fmt: skip
+
+
+def miner(name: str, example: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """crds/examples/quasarminer.yaml (`example`) named `name`, with a fixed external IP (no cloud controller
+    gives a LoadBalancer one) and `spec`'s fields."""
+    body = {**example, "metadata": {"name": name, "namespace": NAMESPACE}}
+    body["spec"] = {**example["spec"], "exposure": {"externalIP": "203.0.113.7"}, **spec}
+    return body
+
+
+def setup(cluster: k8s.Cluster, count: int, volume: Path) -> None:
+    prepare(cluster)
+    for name, _ in k8s.node_names():
+        cluster.set_gpus(name, GPUS_PER_NODE)
     storage: list[dict[str, Any]] = [
         {
             "apiVersion": "v1",
@@ -97,14 +111,7 @@ def setup(cluster: k8s.Cluster, count: int, volume: Path) -> None:
         cluster, "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": storage})
     )
     example = yaml.safe_load(EXAMPLE.read_text())
-    miners = []
-    for index in range(count):
-        spec = {
-            **example["spec"],
-            "exposure": {"externalIP": "203.0.113.7"},
-            "cache": {"existingClaim": "models"},
-        }
-        miners.append({**example, "metadata": {"name": f"m{index}", "namespace": NAMESPACE}, "spec": spec})
+    miners = [miner(f"m{index}", example, cache={"existingClaim": "models"}) for index in range(count)]
     kubectl(
         cluster, "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": miners})
     )
@@ -121,16 +128,46 @@ def ready_count(cluster: k8s.Cluster) -> int:
     )
 
 
-def reconciles(port: int) -> float:
+def reconcile_counts(port: int) -> dict[str, float]:
+    """The reconciles the operator has run, of every kind, by outcome (`success`, `failure`): its metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         text = answer.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "quasar_operator_reconciles"
-        for sample in family.samples
-        if sample.name.endswith("_total")
-    )
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "quasar_operator_reconciles":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    outcome = sample.labels["outcome"]
+                    counts[outcome] = counts.get(outcome, 0.0) + sample.value
+    return counts
+
+
+def reconciles(port: int) -> float:
+    return sum(reconcile_counts(port).values())
+
+
+def start_operator(
+    cluster: k8s.Cluster, log: Path, metrics_port: int, liveness_port: int
+) -> subprocess.Popen[bytes]:
+    """`quasar operator run -n NAMESPACE` in its own process, production settings, as the cluster's admin."""
+    command = [sys.executable, "-m", "quasar_cli", "operator", "run", "-n", NAMESPACE]
+    command += ["--liveness-port", str(liveness_port), "--metrics-port", str(metrics_port)]
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "QUASAR_OPERATOR_LISTEN_ADDRESS": "127.0.0.1",
+    }
+    with log.open("wb") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def stop_operator(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def main() -> int:
@@ -147,15 +184,7 @@ def main() -> int:
         )
         setup(cluster, args.count, Path(tmp) / "models")
         metrics_port = k8s.free_port()
-        command = [sys.executable, "-m", "quasar_cli", "operator", "run", "-n", NAMESPACE]
-        command += ["--liveness-port", str(k8s.free_port()), "--metrics-port", str(metrics_port)]
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(cluster.kubeconfig),
-            "QUASAR_OPERATOR_LISTEN_ADDRESS": "127.0.0.1",
-        }
-        with (Path(tmp) / "operator.log").open("wb") as log:
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = start_operator(cluster, Path(tmp) / "operator.log", metrics_port, k8s.free_port())
         try:
             started = time.monotonic()
             while (ready := ready_count(cluster)) < args.count:
@@ -172,11 +201,7 @@ def main() -> int:
             time.sleep(args.window)
             writes_after, reconciles_after = operator_writes(cluster), reconciles(metrics_port)
         finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_operator(process)
     minutes = args.window / 60
     delta = {
         k: v - writes_before.get(k, 0.0) for k, v in writes_after.items() if v != writes_before.get(k, 0.0)

@@ -1,4 +1,5 @@
-"""What the engine doubles share: an aiohttp app served in a thread of its own on 127.0.0.1.
+"""What the engine doubles share: an aiohttp app served in a thread of its own, on 127.0.0.1 and a free port
+unless `at()` names a loopback address and ports (a hollow pod's, tests/e2e/pod_engines.py).
 
 Each double (tests/fake_tgi.py, tests/fake_openai_engines.py) runs its own event loop in a thread, so
 synchronous tests (and code that calls `asyncio.run`) can use it; it records every request it gets and
@@ -40,14 +41,21 @@ class ThreadedServer:
     """Start/stop and the context manager around `_app()`; subclasses build the app and name the thread."""
 
     thread_name = "fake-server"
-    port = 0
+    host = "127.0.0.1"
+    port = 0  # the first port served
+    _ports: tuple[int, ...] = (0,)  # 0: a free one
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
     _thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
+
+    def at(self, host: str, *ports: int) -> Self:
+        """Serve on `host` (a loopback address), the same app on each of `ports`, once started."""
+        self.host, self._ports = host, ports
+        return self
 
     def __enter__(self) -> Self:
         self.start()
@@ -59,13 +67,17 @@ class ThreadedServer:
         self.stop()
 
     def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
+        sockets = []
+        for port in self._ports:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a pod's port served again
+            sock.bind((self.host, port))
+            sockets.append(sock)
+        self.port = sockets[0].getsockname()[1]
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
         self._thread = threading.Thread(
-            target=self._serve, args=(sock, ready), name=self.thread_name, daemon=True
+            target=self._serve, args=(sockets, ready), name=self.thread_name, daemon=True
         )
         self._thread.start()
         if not ready.wait(10):
@@ -87,7 +99,7 @@ class ThreadedServer:
     def _on_loop(self) -> None:
         """Runs in the server's thread before serving: for state bound to its event loop."""
 
-    def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
+    def _serve(self, sockets: list[socket.socket], ready: threading.Event) -> None:
         assert self._loop is not None
         asyncio.set_event_loop(self._loop)
         self._on_loop()
@@ -97,6 +109,7 @@ class ThreadedServer:
             self._app(), handle_signals=False, handler_cancellation=True, shutdown_timeout=0.5
         )
         self._loop.run_until_complete(self._runner.setup())
-        self._loop.run_until_complete(web.SockSite(self._runner, sock).start())
+        for sock in sockets:
+            self._loop.run_until_complete(web.SockSite(self._runner, sock).start())
         ready.set()
         self._loop.run_forever()

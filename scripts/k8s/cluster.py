@@ -32,7 +32,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SERVICE_CIDR = "127.0.100.0/24"  # the `kubernetes` Service gets 127.0.100.1
-CLUSTER_CIDR = "127.64.0.0/16"  # nodes' spec.podCIDR (the fake runtime gives every pod 192.168.192.168)
+CLUSTER_CIDR = "127.64.0.0/16"  # nodes' spec.podCIDR: a /24 each, and every pod one address of its node's
 NODE_ADDRESSES = "127.0.1.{}"  # hollow node n (from 1) is named 127.0.1.n, its address
 POOL_LABEL = "quasar.ai/pool"
 GPU = "nvidia.com/gpu"
@@ -41,11 +41,16 @@ START_TIMEOUT = 120.0  # seconds; a warm start takes well under 30 on two busy c
 
 @dataclass(frozen=True)
 class Pool:
-    """Hollow nodes labelled `quasar.ai/pool=<name>`, each advertising `gpus_per_node` nvidia.com/gpu."""
+    """Hollow nodes labelled `quasar.ai/pool=<name>`, each advertising `gpus_per_node` nvidia.com/gpu.
+
+    `probes`: the nodes' kubelets run the pods' probes against the pods' own addresses, so a pod is Ready
+    only while something answers there (a test's engine double); otherwise every container is Ready at once.
+    """
 
     name: str
     nodes: int
     gpus_per_node: int
+    probes: bool = False
 
 
 POOLS = (Pool("h100", 1, 8), Pool("a100", 1, 8), Pool("l4", 1, 4))
@@ -194,8 +199,10 @@ class Cluster:
     kubeconfig: Path
     certificates: Certificates
     refusals: Path  # destinations outside loopback the API server tried to reach (must stay empty)
+    bin_dir: Path
     components: list[Component] = field(default_factory=list)
     _owns_workdir: bool = False
+    _nodes_started: int = 0
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Component:
         log = self.workdir / "logs" / f"{name}.log"
@@ -222,6 +229,51 @@ class Cluster:
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def issue_kubeconfig(self, name: str, subject: str) -> Path:
+        """A kubeconfig for the client certificate of `subject` (e.g. `/O=system:nodes/CN=system:node:X`)."""
+        cert, key = self.certificates.issue(name, subject)
+        return write_kubeconfig(
+            self.workdir / f"{name}.kubeconfig", self.server, self.certificates.ca, cert, key
+        )
+
+    def add_nodes(self, pools: tuple[Pool, ...], timeout: float = START_TIMEOUT) -> list[str]:
+        """Start each pool's hollow nodes; return their names once they are Ready, have their pod range and
+        advertise their GPUs. Node n (from 1, in start order) is named 127.0.1.n."""
+        names = []
+        gpus = {}
+        for pool in [each for each in pools for _ in range(each.nodes)]:
+            self._nodes_started += 1
+            name = NODE_ADDRESSES.format(self._nodes_started)
+            kubeconfig = self.issue_kubeconfig(f"node-{name}", f"/O=system:nodes/CN=system:node:{name}")
+            argv = [
+                str(self.bin_dir / "hollow-node"),
+                f"--kubeconfig={kubeconfig}",
+                f"--name={name}",
+                f"--port={free_port()}",
+                f"--labels={POOL_LABEL}={pool.name}",
+            ]
+            self.start(f"node-{name}", [*argv, "--probes"] if pool.probes else argv)
+            names.append(name)
+            gpus[name] = pool.gpus_per_node
+
+        def nodes_ready() -> bool:
+            # Ready, and given its pod range by the node IPAM controller (which happens a moment after).
+            ready = {n["metadata"]["name"] for n in self.nodes() if _is_ready(n) and n["spec"].get("podCIDR")}
+            return ready >= set(names)
+
+        self.wait_for(f"hollow nodes {', '.join(names)}", nodes_ready, time.monotonic() + timeout)
+        for name in names:
+            self.set_gpus(name, gpus[name])
+        return names
+
+    def remove_node(self, name: str) -> None:
+        """Stop a hollow node and delete its Node (the controllers then remove its pods)."""
+        component = next(c for c in self.components if c.name == f"node-{name}")
+        component.stop(grace=10)
+        self.components.remove(component)
+        with contextlib.suppress(urllib.error.HTTPError):  # already gone
+            self.api("DELETE", f"/api/v1/nodes/{name}")
+
     def wait_for(self, what: str, ready: Callable[[], bool], deadline: float) -> None:
         while True:
             for component in self.components:
@@ -230,9 +282,7 @@ class Cluster:
                 if ready():
                     return
             if time.monotonic() > deadline:
-                raise ClusterError(
-                    f"{what} not ready after {START_TIMEOUT:.0f} s; logs in {self.workdir}/logs"
-                )
+                raise ClusterError(f"{what} not ready in time; logs in {self.workdir}/logs")
             time.sleep(0.2)
 
     # ------------------------------------------------------------------------------------- API calls
@@ -346,29 +396,23 @@ def start(workdir: Path | None = None, pools: tuple[Pool, ...] = POOLS) -> Clust
         workdir / "admin.kubeconfig",
         certificates,
         workdir / "egress-refusals.log",
+        bin_dir,
         _owns_workdir=owns,
     )
     atexit.register(cluster.stop)  # a caller that never calls stop() leaves nothing running either
     try:
-        _start_all(cluster, bin_dir, api_port, pools, deadline)
+        _start_all(cluster, api_port, pools, deadline)
     except BaseException:
         cluster.stop()
         raise
     return cluster
 
 
-def _start_all(
-    cluster: Cluster, bin_dir: Path, api_port: int, pools: tuple[Pool, ...], deadline: float
-) -> None:
-    workdir, certs, server = cluster.workdir, cluster.certificates, cluster.server
+def _start_all(cluster: Cluster, api_port: int, pools: tuple[Pool, ...], deadline: float) -> None:
+    workdir, certs, bin_dir = cluster.workdir, cluster.certificates, cluster.bin_dir
     certs.create_ca()
     pki = certs.folder
-
-    def kubeconfig(name: str, subject: str) -> str:
-        cert, key = certs.issue(name, subject)
-        return str(write_kubeconfig(workdir / f"{name}.kubeconfig", server, certs.ca, cert, key))
-
-    kubeconfig("admin", "/O=system:masters/CN=admin")  # cluster.kubeconfig
+    cluster.issue_kubeconfig("admin", "/O=system:masters/CN=admin")  # cluster.kubeconfig
     serving_cert, serving_key = certs.issue(
         "apiserver",
         "/CN=kube-apiserver",
@@ -435,7 +479,7 @@ def _start_all(
     cluster.wait_for("kube-apiserver", lambda: cluster.request("GET", "/readyz") == b"ok", deadline)
 
     manager_port, scheduler_port = free_port(), free_port()
-    manager_kubeconfig = kubeconfig("controller-manager", "/CN=system:kube-controller-manager")
+    manager_kubeconfig = cluster.issue_kubeconfig("controller-manager", "/CN=system:kube-controller-manager")
     cluster.start(
         "kube-controller-manager",
         [
@@ -455,7 +499,7 @@ def _start_all(
             f"--service-cluster-ip-range={SERVICE_CIDR}",
         ],
     )
-    scheduler_kubeconfig = kubeconfig("scheduler", "/CN=system:kube-scheduler")
+    scheduler_kubeconfig = cluster.issue_kubeconfig("scheduler", "/CN=system:kube-scheduler")
     cluster.start(
         "kube-scheduler",
         [
@@ -469,33 +513,13 @@ def _start_all(
             "--leader-elect=false",
         ],
     )
-    names = node_names(pools)
-    for name, pool in names:
-        cluster.start(
-            f"node-{name}",
-            [
-                str(bin_dir / "hollow-node"),
-                f"--kubeconfig={kubeconfig(f'node-{name}', f'/O=system:nodes/CN=system:node:{name}')}",
-                f"--name={name}",
-                f"--port={free_port()}",
-                f"--labels={POOL_LABEL}={pool.name}",
-            ],
-        )
     cluster.wait_for(
         "kube-controller-manager", lambda: _https_ok(f"https://127.0.0.1:{manager_port}/healthz"), deadline
     )
     cluster.wait_for(
         "kube-scheduler", lambda: _https_ok(f"https://127.0.0.1:{scheduler_port}/healthz"), deadline
     )
-
-    def nodes_ready() -> bool:
-        # Ready, and given its pod range by the node IPAM controller (which happens a moment after).
-        ready = {n["metadata"]["name"] for n in cluster.nodes() if _is_ready(n) and n["spec"].get("podCIDR")}
-        return ready >= {name for name, _ in names}
-
-    cluster.wait_for("hollow nodes", nodes_ready, deadline)
-    for name, pool in names:
-        cluster.set_gpus(name, pool.gpus_per_node)
+    cluster.add_nodes(pools, deadline - time.monotonic())
 
 
 @contextlib.contextmanager

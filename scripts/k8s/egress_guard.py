@@ -2,8 +2,8 @@
 
 kube-apiserver sends every connection it makes into the cluster (its proxy subresources, logs, exec,
 webhooks) through the egress selector (`--egress-selector-config-file`). Pointed here, those connections
-reach 127.0.0.0/8 and nothing else: any other destination (a hollow node's pods all report 192.168.192.168,
-the fake runtime's address) is refused with 403 and written, one `host:port` a line, to the refusal log.
+reach 127.0.0.0/8 and nothing else: any other destination (a webhook or an endpoint someone set elsewhere)
+is refused with 403 and written, one `host:port` a line, to the refusal log.
 
 Usage: python egress_guard.py SOCKET REFUSAL_LOG
 """

@@ -95,7 +95,7 @@ def test_a_gpu_deployment_is_scheduled_on_its_pool_and_collected_when_deleted(
     )
 
 
-def test_the_api_server_reaches_nothing_outside_loopback(
+def test_pods_get_loopback_addresses_and_the_api_server_reaches_nothing_else(
     cluster: k8s.Cluster, kube: Kube, namespace: str
 ) -> None:
     pod = {
@@ -106,19 +106,63 @@ def test_the_api_server_reaches_nothing_outside_loopback(
     }
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
     kube.kubectl("wait", "-n", namespace, "pod/web", "--for=jsonpath={.status.podIP}", "--timeout=60s")
-    pod_ip = get(kube, "-n", namespace, "pod/web")["status"]["podIP"]
-    assert ipaddress.ip_address(pod_ip) not in LOOPBACK  # the fake runtime's address for every pod
+    body = get(kube, "-n", namespace, "pod/web")
+    pod_ip = body["status"]["podIP"]
+    node = next(n for n in cluster.nodes() if n["metadata"]["name"] == body["spec"]["nodeName"])
+    assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(node["spec"]["podCIDR"])
 
-    # The API server's proxy to the pod goes through the egress guard, which refuses the address.
-    with pytest.raises(urllib.error.HTTPError) as refused:
+    # The API server proxies to no pod at a loopback address (only global unicast ones): it never dials it.
+    with pytest.raises(urllib.error.HTTPError) as not_allowed:
         cluster.request("GET", f"/api/v1/namespaces/{namespace}/pods/web:8080/proxy/")
-    assert refused.value.code == 503
-    assert f"{pod_ip}:8080" in cluster.refusals.read_text(encoding="utf-8").split()
+    assert not_allowed.value.code == 400
+    assert "address not allowed" in not_allowed.value.read().decode()
+
+    # A webhook someone pointed outside loopback (TEST-NET-1, RFC 5737): the guard refuses to dial it, so the
+    # API server refuses what the webhook would have judged (here one labelled ConfigMap of this namespace).
+    outside = "192.0.2.10:8443"
+    webhook = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": f"outside-{namespace}"},
+        "webhooks": [
+            {
+                "name": "outside.e2e.quasar.ai",
+                "clientConfig": {"url": f"https://{outside}/validate"},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["configmaps"],
+                    }
+                ],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "objectSelector": {"matchLabels": {"e2e": "outside"}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+            }
+        ],
+    }
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(webhook))
+    try:
+        config_map = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "judged", "namespace": namespace, "labels": {"e2e": "outside"}},
+        }
+        created = kube.kubectl("create", "-f", "-", stdin=json.dumps(config_map), check=False)
+    finally:
+        kube.kubectl("delete", "validatingwebhookconfiguration", f"outside-{namespace}")
+    assert created.returncode != 0
+    assert "outside.e2e.quasar.ai" in created.stderr
+    assert outside in cluster.refusals.read_text(encoding="utf-8").split()
     # Its way to the kubelet (logs, exec) goes through and reaches the node on loopback. (A hollow kubelet
     # serves plain HTTP, so the API server's TLS request then fails: docs/cluster.md, "Known limits".)
     logs = kube.kubectl("logs", "-n", namespace, "pod/web", check=False)
     assert "code 403" not in logs.stderr
-    assert "127.0.1." not in cluster.refusals.read_text(encoding="utf-8")
+    assert "127." not in cluster.refusals.read_text(encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------ CRDs

@@ -9,6 +9,10 @@
 // node name that is no IP address is looked up in DNS, then replaced by the default route's interface
 // address, which the API server would dial for logs and exec. A name that is an IP address is used as the
 // node's InternalIP as it stands.
+//
+// Each pod gets a loopback address of its own (podnetwork.go). With --probes the kubelet runs the pods'
+// startup, readiness and liveness probes against those addresses, as a kubelet does, so a pod is Ready only
+// while something answers there; without it every container is Ready at once (kubemark's fake prober).
 package main
 
 import (
@@ -39,6 +43,7 @@ type options struct {
 	port       int
 	labels     string
 	maxPods    int
+	probes     bool
 }
 
 func parseLabels(text string) (map[string]string, error) {
@@ -99,11 +104,10 @@ func run(ctx context.Context, opts options) error {
 	if err != nil {
 		return fmt.Errorf("fake runtime endpoint: %w", err)
 	}
-	fakeRuntime := fakeremote.NewFakeRemoteRuntime()
-	if err := fakeRuntime.Start(endpoint); err != nil {
+	fakeRuntime := newPodNetwork()
+	if err := fakeRuntime.serve(ctx, endpoint); err != nil {
 		return fmt.Errorf("fake runtime: %w", err)
 	}
-	defer fakeRuntime.Stop()
 	runtimeService, err := remote.NewRemoteRuntimeServiceBuilder().WithEndpoint(endpoint).
 		WithConnectionTimeout(15 * time.Second).Build(ctx)
 	if err != nil {
@@ -113,6 +117,9 @@ func run(ctx context.Context, opts options) error {
 	kubelet := kubemark.NewHollowKubelet(flags, config, client, heartbeatClient,
 		&cadvisortest.Fake{NodeName: opts.name}, fakeRuntime.ImageService, runtimeService,
 		cm.NewStubContainerManager())
+	if opts.probes {
+		kubelet.KubeletDeps.ProbeManager = nil // the kubelet then builds its own, real prober
+	}
 	go kubelet.Run(ctx)
 	<-ctx.Done()
 	return nil
@@ -125,6 +132,7 @@ func main() {
 	flag.IntVar(&opts.port, "port", 0, "kubelet port")
 	flag.StringVar(&opts.labels, "labels", "", "node labels, key=value,...")
 	flag.IntVar(&opts.maxPods, "max-pods", 110, "pods the node accepts")
+	flag.BoolVar(&opts.probes, "probes", false, "run the pods' probes against their addresses (else Ready at once)")
 	klog.InitFlags(nil)
 	flag.Parse()
 	if ip := net.ParseIP(opts.name); ip == nil || !ip.IsLoopback() || opts.kubeconfig == "" || opts.port == 0 {

@@ -6,7 +6,8 @@ all, per-miner latency, what it costs the operator, and the API server requests 
 For each N, a fresh cluster and operator:
 
 - a loopback cluster (scripts/k8s/cluster.py: etcd, kube-apiserver, controller-manager, scheduler, three
-  hollow GPU nodes as it starts them);
+  hollow GPU nodes as it starts them), with a wider service range than its /24 (SERVICE_CIDR: each miner
+  takes two ClusterIPs);
 - the committed CRDs, the namespace `bench` and its wallet Secret (bench_operator_writes.prepare);
 - the operator as users run it, `quasar operator run -n bench` in its own process with the production
   settings (60 s drift timer), as the cluster's admin;
@@ -75,6 +76,7 @@ MINERS = f"/apis/quasar.ai/v1alpha1/namespaces/{NAMESPACE}/quasarminers"
 READ_VERBS = {"GET", "LIST"}
 READ = WRITTEN | {("", "secrets"), ("", "pods")}
 VERBS = ("GET", "LIST", "APPLY", "PATCH", "POST", "DELETE")
+SERVICE_CIDR = "127.100.0.0/16"
 
 
 @dataclass(frozen=True)
@@ -149,18 +151,28 @@ def connection(cluster: k8s.Cluster) -> kopf.ConnectionInfo:
 
 
 async def watch_reconciled(api: KubeApi, done: dict[str, float], count: int) -> None:
-    """Note in `done` when each miner is first seen reconciled, until `count` are. Without a resourceVersion
-    the watch starts with the miners that exist already, so none is missed while it connects."""
+    """Note in `done` when each miner is first seen reconciled, until `count` are.
+
+    A watch without a resourceVersion starts with every miner that exists already, so none is missed while
+    it connects; and when the API server ends it (it closes a watch whose client falls behind a burst of 500
+    creates), the next one starts the same way.
+    """
     no_timeout = aiohttp.ClientTimeout(total=None)
-    async with api.session.get(api.server + MINERS, params={"watch": "true"}, timeout=no_timeout) as response:
-        response.raise_for_status()
-        async for line in response.content:
-            obj = json.loads(line)["object"]
-            name = obj["metadata"]["name"]
-            if name not in done and is_reconciled(obj):
-                done[name] = time.monotonic()
-                if len(done) == count:
-                    return
+    while len(done) < count:
+        async with api.session.get(
+            api.server + MINERS, params={"watch": "true"}, timeout=no_timeout
+        ) as response:
+            response.raise_for_status()
+            async for line in response.content:
+                event = json.loads(line)
+                if event["type"] == "ERROR":
+                    break  # a Status (an expired version): watch again
+                obj = event["object"]
+                name = obj["metadata"]["name"]
+                if name not in done and is_reconciled(obj):
+                    done[name] = time.monotonic()
+                    if len(done) == count:
+                        return
 
 
 async def create_all(api: KubeApi, count: int) -> dict[str, float]:
@@ -233,6 +245,10 @@ def main() -> None:
     columns = ["N", "reconciled", "all reconciled (s)", "p50 (s)", "p99 (s)", "reconciles", "failures"]
     columns += ["peak RSS (MB)", "operator CPU (s)", "kube-apiserver CPU (s)", "etcd CPU (s)"]
     columns.append("API requests per reconcile")
+    # cluster.py's service range, a /24, holds 253 ClusterIPs and every miner takes two (its Service and its
+    # metrics Service): past about 125 miners creates fail "range is full". A /16 of loopback, clear of the
+    # nodes' and pods' addresses, holds the 1,000 that N=500 needs.
+    k8s.SERVICE_CIDR = SERVICE_CIDR
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for index, count in enumerate(counts):

@@ -6,8 +6,7 @@ all, per-miner latency, what it costs the operator, and the API server requests 
 For each N, a fresh cluster and operator:
 
 - a loopback cluster (scripts/k8s/cluster.py: etcd, kube-apiserver, controller-manager, scheduler, three
-  hollow GPU nodes as it starts them), with a wider service range than its /24 (SERVICE_CIDR: each miner
-  takes two ClusterIPs);
+  hollow GPU nodes as it starts them; its service range, a /16, holds the two ClusterIPs each miner takes);
 - the committed CRDs, the namespace `bench` and its wallet Secret (bench_operator_writes.prepare);
 - the operator as users run it, `quasar operator run -n bench` in its own process with the production
   settings (60 s drift timer), as the cluster's admin;
@@ -76,7 +75,6 @@ MINERS = f"/apis/quasar.ai/v1alpha1/namespaces/{NAMESPACE}/quasarminers"
 READ_VERBS = {"GET", "LIST"}
 READ = WRITTEN | {("", "secrets"), ("", "pods")}
 VERBS = ("GET", "LIST", "APPLY", "PATCH", "POST", "DELETE")
-SERVICE_CIDR = "127.100.0.0/16"
 
 
 @dataclass(frozen=True)
@@ -245,10 +243,6 @@ def main() -> None:
     columns = ["N", "reconciled", "all reconciled (s)", "p50 (s)", "p99 (s)", "reconciles", "failures"]
     columns += ["peak RSS (MB)", "operator CPU (s)", "kube-apiserver CPU (s)", "etcd CPU (s)"]
     columns.append("API requests per reconcile")
-    # cluster.py's service range, a /24, holds 253 ClusterIPs and every miner takes two (its Service and its
-    # metrics Service): past about 125 miners creates fail "range is full". A /16 of loopback, clear of the
-    # nodes' and pods' addresses, holds the 1,000 that N=500 needs.
-    k8s.SERVICE_CIDR = SERVICE_CIDR
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for index, count in enumerate(counts):

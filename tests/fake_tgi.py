@@ -3,7 +3,8 @@
 It speaks the parts of TGI's API the engine clients use, in TGI's JSON shapes: `POST /generate` and
 `POST /` (what `AsyncInferenceClient.text_generation` posts to a base URL; TGI answers a one-element
 list there), `POST /v1/chat/completions` (TGI's Messages API, as vLLM and SGLang serve it), `GET /info`,
-`GET /health` and `GET /v1/models`.
+`GET /health`, `GET /v1/models` and `GET /metrics` (the autoscaling gauges `tgi_queue_size` and
+`tgi_batch_current_size`, which TGI also serves on its `--prometheus-port`: `at(host, port, 9000)`).
 
 It runs in a thread with its own event loop, so synchronous tests (and code that calls `asyncio.run`)
 can use it:
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from tests.fake_server import Failure, RecordedRequest, ThreadedServer
 
@@ -47,6 +49,8 @@ class FakeTGI(ThreadedServer):
     max_total_tokens: int = 4096
     payload_limit: int = TGI_PAYLOAD_LIMIT  # bytes; larger bodies get TGI's 413
     models_listing: bool = True  # serve GET /v1/models (as vLLM and SGLang do); else 404
+    queue_size: int = 0  # requests waiting, as /metrics reports them
+    batch_size: int = 0  # requests in the running batch, as /metrics reports them
     # Answered in order, one per generation request, before generating anything.
     failures: list[Failure] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -60,7 +64,14 @@ class FakeTGI(ThreadedServer):
         app.router.add_get("/info", self._info)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
         return app
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        registry = CollectorRegistry()
+        Gauge("tgi_queue_size", "Current queue size", registry=registry).set(self.queue_size)
+        Gauge("tgi_batch_current_size", "Current batch size", registry=registry).set(self.batch_size)
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _record(self, request: web.Request) -> Any:
         raw = await request.read()

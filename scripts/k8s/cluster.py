@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SERVICE_CIDR = "127.0.100.0/24"  # the `kubernetes` Service gets 127.0.100.1
+SERVICE_CIDR = "127.100.0.0/16"  # the `kubernetes` Service gets 127.100.0.1; two Services a miner
 CLUSTER_CIDR = "127.64.0.0/16"  # nodes' spec.podCIDR: a /24 each, and every pod one address of its node's
 NODE_ADDRESSES = "127.0.1.{}"  # hollow node n (from 1) is named 127.0.1.n, its address
 POOL_LABEL = "quasar.ai/pool"
@@ -416,7 +416,7 @@ def _start_all(cluster: Cluster, api_port: int, pools: tuple[Pool, ...], deadlin
     serving_cert, serving_key = certs.issue(
         "apiserver",
         "/CN=kube-apiserver",
-        "IP:127.0.0.1,IP:127.0.100.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+        "IP:127.0.0.1,IP:127.100.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
         "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local",
     )
     kubelet_client_cert, kubelet_client_key = certs.issue(

@@ -31,11 +31,10 @@ kmock emulates an API server in memory over HTTP; kopf runs against it with thes
     tested on the real API server (tests/e2e/test_operator_*.py).
 
 Where kmock remains, and why (every other operator behaviour test runs on the real control plane,
-tests/e2e/test_operator_lifecycle.py): tests/test_operator.py, for objects the real API server refuses at
-admission (invalid and malformed specs) and for the request log that proves a Secret is read as metadata
-only; tests/test_scaling_operator.py, for pods that are not ready yet (hollow nodes' pods are Ready at once)
-and for engine metrics read from pods (every hollow pod has one address outside loopback), with
-tests/sim_cluster.py; tests/test_scaling_engines.py and benchmarks/bench_operator.py, bench_autoscaling.py.
+tests/e2e/test_operator_lifecycle.py and test_operator_scaling.py): tests/test_operator.py, for objects the
+real API server refuses at admission (invalid and malformed specs) and for the request log that proves a
+Secret is read as metadata only; tests/test_dashboards.py, which only needs a running operator's /metrics
+page in a unit test.
 
 What kmock does not emulate, the tests must not lean on: there is no /status subresource (a status patch
 is a plain merge), no garbage collection (the operator's own cleanup deletes children; the tests check
@@ -78,7 +77,7 @@ RESOURCES = {
     "v1/secrets": ("Secret", "secret"),
     "v1/events": ("Event", "event"),
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", "poddisruptionbudget"),
-    # Read for placement and autoscaling; written only by the simulated cluster (tests/sim_cluster.py).
+    # Read for placement and autoscaling (no test here has pods or nodes: they place on the real cluster).
     "v1/pods": ("Pod", "pod"),
     "v1/nodes": ("Node", "node"),
 }

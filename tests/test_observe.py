@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from quasar_operator.apply import ApiError
 from quasar_operator.builders.miner import POOL_LABEL
 from quasar_operator.capacity import PoolScheduling, free_replicas
 from quasar_operator.observe import ClusterView, Observer, metrics_address, pool_key, read_metric
@@ -197,6 +198,23 @@ async def test_a_claim_holds_gpus_until_a_listing_shows_its_pods() -> None:
     with pytest.raises(ValueError, match="labels"):
         observer.claim({"metadata": {}, "spec": {}}, 1)
     assert pool_key(pool_pod("a")) == "miners/a/h100"
+
+
+@pytest.mark.asyncio
+async def test_a_forbidden_cluster_wide_read_says_which_chart_value_grants_it() -> None:
+    class Api:
+        async def list(self, path: str, label_selector: dict[str, str] | None = None) -> list[Obj]:
+            if path == "/api/v1/pods":
+                raise ApiError(403, 'pods is forbidden: cannot list resource "pods" at the cluster scope')
+            if path == "/api/v1/nodes":
+                return [gpu_node("n1")]
+            raise ApiError(500, "etcd is down")
+
+    with pytest.raises(ApiError) as refused:
+        await Observer(cluster_ttl=0).cluster(Api())
+    assert refused.value.status == 403
+    assert 'cannot list resource "pods"' in str(refused.value)
+    assert "rbac.listPodsClusterWide=true" in str(refused.value)
 
 
 # --- vLLM and SGLang: their own gauges, read off the doubles while requests run and wait -------------------

@@ -57,6 +57,7 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
+        self.message = message
 
 
 def object_path(kind: str, namespace: str, name: str | None = None) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from quasar_operator.apply import ALL_PODS_PATH, NODES_PATH, object_path
+from quasar_operator.apply import ALL_PODS_PATH, NODES_PATH, ApiError, object_path
 from quasar_operator.builders.common import INSTANCE_LABEL
 from quasar_operator.builders.miner import POOL_LABEL
 from quasar_operator.capacity import place_waiting, pod_ready, used_gpus, waiting
@@ -140,6 +140,13 @@ def read_metric(text: str, metric: str) -> float | tuple[float, float] | None:
     return None
 
 
+# What a user who placed a miner across pools without the cluster-wide reads must change.
+CLUSTER_READ_HINT = (
+    "placement counts the GPUs every pod holds on each node, so it lists Nodes and Pods cluster-wide: "
+    "install the chart with rbac.listPodsClusterWide=true (or operator.clusterWide=true)"
+)
+
+
 @dataclass
 class Observer:
     """Reads for the scaling decisions, with the little memory they need between reconciles."""
@@ -161,7 +168,12 @@ class Observer:
         async with self._cluster_lock:
             now = time.monotonic()
             if self._cluster is None or now - self._cluster_at >= self.cluster_ttl:
-                nodes, pods = await asyncio.gather(api.list(NODES_PATH), api.list(ALL_PODS_PATH))
+                try:
+                    nodes, pods = await asyncio.gather(api.list(NODES_PATH), api.list(ALL_PODS_PATH))
+                except ApiError as exc:
+                    if exc.status != 403:
+                        raise
+                    raise ApiError(403, f"{exc.message}; {CLUSTER_READ_HINT}") from exc
                 self._claims = {k: c for k, c in self._claims.items() if now - c.at < CLAIM_TTL_S}
                 self._cluster, self._cluster_at = ClusterView(nodes, pods, self._claims), now
             return self._cluster

@@ -3,8 +3,10 @@
 Every PromQL expression (dashboard panels, PrometheusRule alerts) is read out of the rendered chart, and its
 metric names and labels are compared with the /metrics pages of a running operator (against the API server
 emulator, reconciling a miner), a running miner, a running engine server (the project's TGI-compatible
-server: upstream TGI exports the same tgi_* names, which the operator's autoscaler reads too) and a running
-validator (a round over a real miner, then weights on the FakeChain). So no panel is dead.
+server: upstream TGI exports the same tgi_* names, which the operator's autoscaler reads too), the vLLM and
+SGLang doubles under load (tests/fake_openai_engines.py: their gauges' names as the engines' source has them,
+cited in docs/autoscaling.md) and a running validator (a round over a real miner, then weights on the
+FakeChain). So no panel is dead.
 """
 
 import asyncio
@@ -31,6 +33,7 @@ from neurons.chain import FakeChain
 from neurons.metrics_server import serve_metrics
 from neurons.miner import MinerConfig, start_miner
 from neurons.mock import read_answer
+from tests.fake_openai_engines import FakeOpenAIEngine, FakeSGLang, FakeVLLM
 from tests.k8s_emulator import client, emulator, eventually, operator
 from tests.test_chart import CHART, EVERYTHING, NAMESPACE, one, rendered
 from tests.test_crds import EXAMPLES, load
@@ -245,6 +248,11 @@ async def miner_and_engine_pages(model: Path, wallets: Path) -> tuple[str, str]:
         await engine_server.stop()
 
 
+async def double_page(engine: FakeOpenAIEngine) -> str:
+    with engine:
+        return await get(f"{engine.url}/metrics")
+
+
 async def validator_page(wallets: Path, state: Path) -> str:
     """A validator after a round over a real miner and weights set (so its per-uid series exist)."""
     wallet = create_wallet("quasar-test", "validator", str(wallets))
@@ -270,6 +278,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
         "operator": exported(asyncio.run(operator_page())),
         "miner": exported(miner),
         "engine": exported(engine),
+        **{double.kind: exported(asyncio.run(double_page(double()))) for double in (FakeVLLM, FakeSGLang)},
         "validator": exported(asyncio.run(validator_page(validator_wallets, validator_state))),
     }
 
@@ -285,6 +294,8 @@ def test_every_metric_queried_is_exported(live: dict[str, Exported]) -> None:
     assert "quasar_operator_reconcile_errors_total" in live["operator"]
     assert "quasar_miner_requests_total" in live["miner"]
     assert "tgi_queue_size" in live["engine"]
+    assert "vllm:num_requests_waiting" in live["vllm"]
+    assert "sglang:num_queue_reqs" in live["sglang"]
     assert live["validator"]["quasar_validator_miner_weight"] == {"uid"}
 
 

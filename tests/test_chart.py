@@ -19,7 +19,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
-from quasar_operator import cli, crds, handlers
+from quasar_operator import cli, crds, metrics
 from quasar_operator.models import NEURON_IMAGE, TGI_IMAGE, QuasarMiner, QuasarValidator
 from quasar_operator.settings import Settings
 
@@ -533,7 +533,7 @@ def test_helm_test_hook_passes_on_the_operators_metrics(
 ) -> None:
     port, registry = metrics_server
     # The operator's own metric families.
-    for metric in (handlers.RECONCILES, handlers.ERRORS, handlers.DURATION):
+    for metric in (metrics.RECONCILES, metrics.ERRORS, metrics.DURATION):
         registry.register(metric)
     proc = run_test_hook(rendered("defaults"), port)
     assert proc.returncode == 0, proc.stderr

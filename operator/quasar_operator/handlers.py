@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
-from prometheus_client import Counter, Histogram
 
 from quasar_operator.apply import ApiError, KubeApi, differs
+from quasar_operator.metrics import DURATION, ERRORS, RECONCILES, STATUS_GAUGES
 from quasar_operator.models import GROUP, VERSION
 from quasar_operator.observe import Observer
 from quasar_operator.reconcile import (
@@ -28,16 +28,6 @@ from quasar_operator.reconcile import (
 from quasar_operator.scaling import ScalingState
 from quasar_operator.settings import Settings
 from quasar_operator.status import rfc3339
-
-RECONCILES = Counter(
-    "quasar_operator_reconciles_total", "Reconciles run, by kind and outcome.", ["kind", "outcome"]
-)
-ERRORS = Counter(
-    "quasar_operator_reconcile_errors_total",
-    "Reconciles that failed, by kind and reason.",
-    ["kind", "reason"],
-)
-DURATION = Histogram("quasar_operator_reconcile_seconds", "Time a reconcile took.", ["kind"])
 
 Pipeline = Callable[[KubeApi, Resource, str, ScalingState], Awaitable[Result]]
 KINDS: dict[str, tuple[str, Pipeline]] = {
@@ -151,6 +141,7 @@ async def _run(
         patch["status"] = {**dict.fromkeys(live), **result.status}
     elif differs(result.status, live if isinstance(live, Mapping) else None):
         patch["status"] = result.status
+    STATUS_GAUGES.update(kind, resource.namespace, resource.name, result.status)
     for note in result.notes:
         post = kopf.warn if note.type == "Warning" else kopf.info
         post(body, reason=note.reason, message=note.message)
@@ -181,6 +172,7 @@ async def _cleanup(kind: str, body: kopf.Body, client: Client, logger: kopf.Logg
     # not depend on it (and waits for them before the finalizer goes).
     meta = body["metadata"]
     client.scaling.history.pop(meta["uid"], None)  # its autoscaler's memory goes with it
+    STATUS_GAUGES.forget(kind, meta["namespace"], meta["name"])
     try:
         paths = await cleanup_paths(client.api, kind, meta["name"], meta["namespace"])
     except ApiError as exc:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.k8s import cluster as k8s
 from tests.e2e.conftest import Kube
@@ -115,6 +116,20 @@ def test_capacity_returns_and_replicas_move_back_without_losing_ready_ones(
     eventually("moved back to h200", lambda: pairs(kube, ns, "m1") == {"h200": (2, 2), "b200": (0, 0)}, 120)
     assert pools_status(kube, ns, "m1")["h200"].get("fullSince") is None  # cleared
     assert {"PoolFull", "PoolReopened"} <= event_reasons(kube, ns)
+    # The operator's gauges say the same as the status.
+    eventually("the operator's gauges", lambda: replica_gauges(placing, "m1") == pairs(kube, ns, "m1"))
+
+
+def replica_gauges(operator: Operator, name: str) -> dict[str, tuple[int, int]]:
+    """Each pool's (desired, ready) in the operator's `quasar_operator_miner_replicas`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as answer:
+        page = answer.read().decode()
+    found: dict[str, dict[str, int]] = {}
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            if sample.name == "quasar_operator_miner_replicas" and sample.labels["object_name"] == name:
+                found.setdefault(sample.labels["pool"], {})[sample.labels["state"]] = int(sample.value)
+    return {pool: (states["desired"], states["ready"]) for pool, states in found.items()}
 
 
 def test_a_pool_removed_from_the_spec_drains_after_its_replacement_is_ready(

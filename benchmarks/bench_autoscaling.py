@@ -1,31 +1,35 @@
-"""Autoscaling across pools: the real operator against a simulated cluster of three GPU pools and many
-QuasarMiners under a synthetic load trace.
+"""Autoscaling across pools on the real control plane: the operator places and scales QuasarMiners over three
+GPU pools of hollow nodes under a synthetic load trace.
 
-    .venv/bin/python -m benchmarks.bench_autoscaling [--miners 100] [--nodes 50] [--spike-s 90] ...
+    .venv/bin/python -m benchmarks.bench_autoscaling [--miners 10] [--nodes 3] [--spike-s 90] ...
 
-The cluster (this process):
+The cluster (scripts/k8s/cluster.py, fresh for the run): etcd, kube-apiserver, kube-controller-manager (the
+Deployment and ReplicaSet controllers make the pods), kube-scheduler (binds them), and `--nodes` hollow nodes
+in each of the pools `h100`, `a100` and `spot` (8 GPUs each; `spot` tainted, tolerated by the miners) whose
+kubelets run the pods' real probes: startup and readiness every 10 s, as the operator sets them. A pod is
+Ready once its probes pass against the engine double this process serves at the pod's own loopback address
+(tests/e2e/pod_engines.py, vLLM's gauges), so "ready" includes the real probe periods. Each miner's cache
+claim binds to a host-path volume of a StorageClass of the run's own.
 
-- the API server: kmock's emulator with the tests' adaptations (tests/k8s_emulator.py, label selectors
-  included), without its request log, and with two more (`BenchEmulator`), each what a real API server
-  does: kopf's Events get a name from their generateName, and only the last versions of an object are kept
-  (kmock keeps every version of every object);
-- the simulated controllers of tests/sim_cluster.py (Deployment controller, scheduler, kubelet), one pass
-  every `--tick` seconds; a pod is Ready `--ready-after` seconds after it is bound (its model loading);
-- each pod's engine metrics over real HTTP on loopback: `tgi_queue_size` is its miner's queue (the trace)
-  split evenly among the miner's ready replicas;
-- pools `h100`, `a100` and `spot` (tainted, tolerated by the miners), `--nodes` nodes of 8 GPUs each.
+Each pod's engine reports `vllm:num_requests_waiting`: its miner's queue (the trace), split among the
+miner's Ready pods as the doubles' thread last listed them, so the sum the autoscaler reads is the queue.
 
-The operator runs as users run it, `quasar operator run -A` in its own process, logged in through a
-kubeconfig that points at the emulator, with QUASAR_OPERATOR_SCALE_INTERVAL and _CLUSTER_TTL set.
+The operator runs as users run it, `quasar operator run -n bench` in its own process, as the cluster's admin,
+with production settings but for QUASAR_OPERATOR_SCALE_INTERVAL (`--scale-interval`, 5 s; production 15) and
+_CLUSTER_TTL (`--cluster-ttl`, the production 5 s), which it takes from this process's environment.
 
-Each QuasarMiner: 2 GPUs a replica, pools h100, a100, spot in that order (maxReplicas 8 each, ReadWriteMany
-cache), autoscaling in operator mode on queueSize, target 2, 1 to 8 replicas, scale-down window 30 s, one
-replica per 10 s. After a warm-up (every miner at 1 ready replica), the trace: every miner's queue is 1
-request (1 replica needed) for `--baseline-s`; then every other miner's jumps to `--spike-queue` (16: 8
-replicas needed, 900 of the 1,200 GPUs in all, so all three pools fill) for `--spike-s`; then back to 1
-for `--recovery-s`.
+Each QuasarMiner: vLLM, 2 GPUs a replica, pools h100, a100, spot in that order (maxReplicas 8 each,
+ReadWriteMany cache), autoscaling in operator mode on queueSize, target 2, 1 to 8 replicas, scale-down
+window 30 s, one replica per 10 s. After a warm-up (every miner at 1 ready replica, on h100), the trace:
+every miner's queue is 1 request (1 replica needed) for `--baseline-s`; then every other miner's jumps to
+`--spike-queue` (10: 5 replicas needed) for `--spike-s`; then back to 1 for `--recovery-s`. With the
+defaults (10 miners, 3 nodes a pool: 12 replicas a pool) the spike asks for 30 replicas: h100 fills, then
+a100, then 6 go to spot.
 
-Measured, from the emulator's objects sampled every `--sample` seconds:
+The sizes are the simulated run's (100 miners, 50 nodes a pool) cut to what two shared cores carry: each
+hollow kubelet is a process running probes, and each pod's doubles are two threaded servers in this process.
+
+Measured, from the API server's Pods, Deployments and QuasarMiners listed every `--sample` seconds:
 
 - spike to decided: until the miner's status.desiredReplicas reaches what the load needs;
 - spike to bound, to ready: until that many of its pods are bound to nodes, then Ready (ground truth, from
@@ -39,135 +43,68 @@ Measured, from the emulator's objects sampled every `--sample` seconds:
 - scale decisions: each change of status.lastScale, per minute; "against the load": a miner at steady load
   that scales, a spiking miner that scales down during the spike or up after it;
 - pods started during the spike and after the drop, and how many of all those were deleted without ever
-  being bound (placed in a pool whose free GPUs other miners took first);
+  being bound;
 - ready replicas lost: a miner's ready pods falling below both what it had and what its status wants, and
   staying below the desired count for 5 s (the Deployments are written a moment before the status); the
   first two such miners' samples around it are printed after the table;
 - the operator's peak RSS (VmHWM) and CPU seconds over the trace (Linux /proc), its reconciles (and how
   many a second the timer asks for: miners / interval), failures and mean reconcile time (its Prometheus
-  metrics), its API requests by action (every request the emulator served whose User-Agent is not this
-  process's); this process's CPU and peak RSS (emulator, simulation, metrics servers, sampling) and the
-  simulation's pass.
+  metrics), its API requests by verb (the API server's `apiserver_request_total` on what the operator reads
+  and writes, as benchmarks/bench_operator.py counts them, less this process's own listings); the CPU of the
+  control plane's processes and of the hollow nodes, and this process's (doubles, sampling) CPU and peak RSS.
 
-Both processes share the machine's cores. p99 is the nearest rank.
+Everything shares the machine's cores. p99 is the nearest rank.
 """
 
 import argparse
 import asyncio
-import contextlib
-import itertools
 import math
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import kmock
 from prometheus_client.parser import text_string_to_metric_families
-from quasar_operator.apply import NODES_PATH, ApiError, object_path
 
-from benchmarks.operator_process import kubeconfig, proc_status, wait_alive
-from tests.k8s_emulator import (
-    CLUSTER_SCOPED,
-    RESOURCES,
-    TEST_AGENT,
-    VERBS,
-    Emulator,
-    client,
-    free_port,
-    url,
+from benchmarks.bench_operator import operator_requests, request_counts
+from benchmarks.bench_operator_writes import (
+    NAMESPACE,
+    prepare,
+    reconcile_counts,
+    start_operator,
+    stop_operator,
 )
-from tests.sim_cluster import POOL_LABEL, SimCluster, node
+from benchmarks.operator_process import proc_status, wait_alive
+from scripts.k8s import cluster as k8s
+from tests.e2e.conftest import Kube
+from tests.e2e.pod_engines import MINER_LABEL, POOL_LABEL, PodEngines, is_ready
+from tests.e2e.test_operator_lifecycle import local_storage
 
-ROOT = Path(__file__).resolve().parent.parent
-NAMESPACE = "bench"
 MINERS = f"/apis/quasar.ai/v1alpha1/namespaces/{NAMESPACE}/quasarminers"
-MINER_RESOURCE = kmock.resource("quasar.ai/v1alpha1/quasarminers")
-POD_RESOURCE = kmock.resource("v1/pods")
-DEPLOYMENT_RESOURCE = kmock.resource("apps/v1/deployments")
-WRITES = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
-INSTANCE = "app.kubernetes.io/instance"
-MINER_POOL_LABEL = "quasar.ai/pool"
+PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
+DEPLOYMENTS = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
+BENCH_LISTS_PER_SAMPLE = 3  # observe()
 POOLS = ("h100", "a100", "spot")
 SPOT_TAINT = {"key": "cloud.google.com/gke-spot", "value": "true", "effect": "NoSchedule"}
+STORAGE_CLASS = "bench-local"
+MODEL = "Qwen/Qwen2.5-7B-Instruct-1M"
 GPUS_PER_NODE = 8
 GPUS_PER_REPLICA = 2
 MIN_REPLICAS, MAX_REPLICAS, POOL_MAX, TARGET = 1, 8, 8, 2.0
 DOWN_WINDOW_S, DOWN_PERIOD_S = 30, 10
 CONFIRM_S = 5.0
+CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler")
 
 Obj = dict[str, Any]
-
-
-class BenchEmulator(Emulator):
-    """The tests' emulator, with what a real API server does and these runs lean on: an object created with
-    only `generateName` (kopf's Events) gets a name (kmock answers 409 to every Event after the first, with a
-    traceback that would be measured here); only an object's last two versions are kept (kmock keeps every
-    one: memory, and garbage collection, that grow with every write).
-
-    It also keeps, for the simulated engines, each miner's Ready pods as the API server has them now, and
-    counts the operator's requests (every one whose User-Agent is not the benchmark's) by action.
-    """
-
-    _suffixes = itertools.count(1)
-
-    def __init__(self) -> None:
-        super().__init__(log_requests=False)
-        self.ready: dict[str, set[str]] = {}
-        self.operator_requests: dict[str, int] = {}
-
-    async def _serve(self, request: Any) -> Any:
-        data = request.data
-        if request.headers.get("User-Agent") != TEST_AGENT and request.action is not None:
-            action = str(getattr(request.action, "value", request.action))
-            self.operator_requests[action] = self.operator_requests.get(action, 0) + 1
-        if request.action == kmock.action.CREATE and isinstance(data, dict):
-            meta = data.setdefault("metadata", {})
-            if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = f"{meta['generateName']}{next(self._suffixes):x}"
-        response = await super()._serve(request)
-        if request.resource is not None and request.action in WRITES:
-            meta = (data.get("metadata") or {}) if isinstance(data, dict) else {}
-            name: str = request.name or meta.get("name") or ""
-            namespace: str | None = request.namespace or meta.get("namespace")
-            if (request.resource, namespace, name) in self.objects:
-                obj = self.objects[request.resource, namespace, name]
-                del obj.history[:-2]
-                if request.resource == POD_RESOURCE:
-                    self._track(name, None if obj.deleted else obj)
-        return response
-
-    def _track(self, name: str, pod: Any) -> None:
-        """`pod`: the pod now, None when deleted."""
-        miner = ((pod or {}).get("metadata") or {}).get("labels", {}).get(INSTANCE) or name.split("-miner-")[
-            0
-        ]
-        ready = self.ready.setdefault(miner, set())
-        conditions = ((pod or {}).get("status") or {}).get("conditions") or []
-        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-            ready.add(name)
-        else:
-            ready.discard(name)
-
-
-@contextlib.asynccontextmanager
-async def bench_emulator() -> AsyncIterator[BenchEmulator]:
-    """tests.k8s_emulator.emulator(log_requests=False), with BenchEmulator."""
-    async with BenchEmulator() as server, kmock.Server(server):
-        for key, (kind, singular) in RESOURCES.items():
-            server.resources[key] = kmock.ResourceInfo(
-                kind=kind, singular=singular, namespaced=kind not in CLUSTER_SCOPED, verbs=VERBS
-            )
-        yield server
 
 
 @dataclass(frozen=True)
@@ -177,15 +114,15 @@ class Trace:
     baseline_s: float
     spike_s: float
     recovery_s: float
-    low: float
-    high: float
+    low: int
+    high: int
     spiking: frozenset[str]
 
     @property
     def total_s(self) -> float:
         return self.baseline_s + self.spike_s + self.recovery_s
 
-    def queue(self, miner: str, t: float | None) -> float:
+    def queue(self, miner: str, t: float | None) -> int:
         spiking = t is not None and self.baseline_s <= t < self.baseline_s + self.spike_s
         return self.high if spiking and miner in self.spiking else self.low
 
@@ -205,12 +142,13 @@ def miner(name: str) -> Obj:
         "kind": "QuasarMiner",
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
-            "model": {"id": "Qwen/Qwen2.5-7B-Instruct-1M", "gpusPerReplica": GPUS_PER_REPLICA},
-            "wallet": {"secretName": "wallet"},
+            "model": {"id": MODEL, "gpusPerReplica": GPUS_PER_REPLICA},
+            "engine": {"kind": "vllm"},
+            "wallet": {"secretName": "miner-wallet"},
             "subnet": {"netuid": 7},
-            # A fixed address: the emulator runs no cloud controller to give a LoadBalancer one.
+            # A fixed address: no cloud controller gives the LoadBalancer one (nothing dials it).
             "exposure": {"externalIP": "203.0.113.7"},
-            "cache": {"accessMode": "ReadWriteMany"},
+            "cache": {"size": "1Gi", "storageClassName": STORAGE_CLASS, "accessMode": "ReadWriteMany"},
             "replicas": MIN_REPLICAS,
             "placement": {
                 "spillAfterSeconds": 30,
@@ -233,27 +171,17 @@ def miner(name: str) -> Obj:
     }
 
 
-@dataclass(frozen=True)
-class OperatorCounts:
-    reconciles: float
-    failures: float
-    seconds: float  # summed reconcile time
-
-
-async def operator_counts(session: aiohttp.ClientSession, port: int) -> OperatorCounts:
-    async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
-        text = await response.text()
-    outcomes = {"success": 0.0, "failure": 0.0}
-    seconds = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.labels.get("kind") != "QuasarMiner":
-                continue
-            if family.name == "quasar_operator_reconciles" and sample.name.endswith("_total"):
-                outcomes[sample.labels["outcome"]] += sample.value
-            elif family.name == "quasar_operator_reconcile_seconds" and sample.name.endswith("_sum"):
-                seconds += sample.value
-    return OperatorCounts(outcomes["success"] + outcomes["failure"], outcomes["failure"], seconds)
+def reconcile_seconds(port: int) -> float:
+    """The time the operator has spent reconciling QuasarMiners, summed (its metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "quasar_operator_reconcile_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_sum") and sample.labels.get("kind") == "QuasarMiner"
+    )
 
 
 @dataclass
@@ -271,40 +199,43 @@ class MinerView:
     last_scale: tuple[str, int, int] | None = None
 
 
-def observe(server: Emulator, names: list[str]) -> dict[str, MinerView]:
+def observe(cluster: k8s.Cluster, names: list[str]) -> dict[str, MinerView]:
+    """Every miner now, from three listings of the namespace (counted in BENCH_LISTS_PER_SAMPLE)."""
     views = {name: MinerView() for name in names}
-    for key, obj in list(server.objects.items()):
-        if obj.deleted or key[1] != NAMESPACE:
+    for pod in listed(cluster, PODS):
+        meta = pod["metadata"]
+        view = views.get((meta.get("labels") or {}).get(MINER_LABEL, ""))
+        if view is None or meta.get("deletionTimestamp"):
             continue
-        if key[0] == POD_RESOURCE:
-            meta = obj.get("metadata") or {}
-            view = views.get((meta.get("labels") or {}).get(INSTANCE, ""))
-            if view is None or meta.get("deletionTimestamp"):
-                continue
-            view.pods.add(meta.get("name", ""))
-            if not (obj.get("spec") or {}).get("nodeName"):
-                continue
-            view.bound += 1
-            view.bound_pods.add(meta.get("name", ""))
-            conditions = (obj.get("status") or {}).get("conditions") or []
-            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-                view.ready += 1
-                pool = meta["labels"].get(MINER_POOL_LABEL, "")
-                view.pools_ready[pool] = view.pools_ready.get(pool, 0) + 1
-        elif key[0] == DEPLOYMENT_RESOURCE:
-            miner_name, _, pool = key[2].partition("-miner-")
-            if miner_name in views:
-                replicas = int((obj.get("spec") or {}).get("replicas") or 0)
-                views[miner_name].deployments[pool] = replicas
-        elif key[0] == MINER_RESOURCE and key[2] in views:
-            status = obj.get("status") or {}
-            view = views[key[2]]
-            view.desired = status.get("desiredReplicas")
-            view.status_ready = sum(int(p.get("ready") or 0) for p in status.get("pools") or [])
-            last = status.get("lastScale")
-            if last:
-                view.last_scale = (last["time"], int(last["replicasFrom"]), int(last["replicasTo"]))
+        view.pods.add(meta["name"])
+        if not pod["spec"].get("nodeName"):
+            continue
+        view.bound += 1
+        view.bound_pods.add(meta["name"])
+        if is_ready(pod):
+            view.ready += 1
+            pool = meta["labels"].get(POOL_LABEL, "")
+            view.pools_ready[pool] = view.pools_ready.get(pool, 0) + 1
+    for deployment in listed(cluster, DEPLOYMENTS):
+        miner_name, _, pool = deployment["metadata"]["name"].partition("-miner-")
+        if miner_name in views:
+            views[miner_name].deployments[pool] = int(deployment["spec"].get("replicas") or 0)
+    for obj in listed(cluster, MINERS):
+        view_of = views.get(obj["metadata"]["name"])
+        if view_of is None:
+            continue
+        status = obj.get("status") or {}
+        view_of.desired = status.get("desiredReplicas")
+        view_of.status_ready = sum(int(p.get("ready") or 0) for p in status.get("pools") or [])
+        last = status.get("lastScale")
+        if last:
+            view_of.last_scale = (last["time"], int(last["replicasFrom"]), int(last["replicasTo"]))
     return views
+
+
+def listed(cluster: k8s.Cluster, path: str) -> list[Obj]:
+    items: list[Obj] = cluster.api("GET", path)["items"]
+    return items
 
 
 @dataclass
@@ -420,26 +351,6 @@ def policy_floor_gpu_h(trace: Trace) -> float:
     return len(trace.spiking) * replica_s * GPUS_PER_REPLICA / 3600
 
 
-@dataclass
-class SimLoop:
-    """The simulated controllers, one pass every `period` seconds, timed."""
-
-    sim: SimCluster
-    period: float
-    passes: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # passes cut short by an API error (a timeout)
-
-    async def run(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                await self.sim.tick()
-            except ApiError as exc:
-                self.errors.append(str(exc))
-            self.passes.append(time.monotonic() - started)
-            await asyncio.sleep(self.period)
-
-
 @dataclass(frozen=True)
 class Config:
     miners: int
@@ -447,12 +358,10 @@ class Config:
     baseline_s: float
     spike_s: float
     recovery_s: float
-    spike_queue: float
+    spike_queue: int
     scale_interval: float
     cluster_ttl: float
-    tick: float
     sample: float
-    ready_after: float
     warmup_timeout: float
     follow: str | None  # a miner whose samples are printed (stderr) when they change
     operator_log: Path | None  # where to keep the operator's log
@@ -468,102 +377,104 @@ class Outcome:
     peak_rss_mb: float
     cpu_s: float
     bench_cpu_s: float
-    counts: OperatorCounts
-    sim_passes: list[float]
-    sim_errors: list[str]
-    requests: dict[str, int]  # the operator's API requests over the trace, by action
+    cluster_cpu_s: dict[str, float]  # each control-plane process, and "hollow nodes" together
+    reconciles: float
+    failures: float
+    reconcile_s: float  # summed
+    requests: Counter[str]  # the operator's API requests over the trace, by verb
     pods_peak: int
     log_scaled: int
     log_tail: list[str]
 
 
-async def measure(config: Config, workdir: Path) -> Outcome:
+def pools(nodes: int) -> tuple[k8s.Pool, ...]:
+    return tuple(k8s.Pool(name, nodes, GPUS_PER_NODE, probes=True) for name in POOLS)
+
+
+def setup(cluster: k8s.Cluster, config: Config, workdir: Path) -> None:
+    """CRDs, namespace and wallet (bench_operator_writes.prepare); the spot nodes' taint; a volume a miner."""
+    prepare(cluster)
+    for name, pool in k8s.node_names(pools(config.nodes)):
+        if pool.name == "spot":
+            patch = {"spec": {"taints": [SPOT_TAINT]}}
+            cluster.api("PATCH", f"/api/v1/nodes/{name}", patch, "application/merge-patch+json")
+    local_storage(Kube(cluster, workdir), STORAGE_CLASS, workdir / "volumes", volumes=config.miners)
+
+
+def cluster_cpu(cluster: k8s.Cluster) -> dict[str, float]:
+    """CPU seconds so far of each control-plane process, and of the hollow nodes together."""
+    spent = {name: 0.0 for name in (*CONTROL_PLANE, "hollow nodes")}
+    for component in cluster.components:
+        name = "hollow nodes" if component.name.startswith("node-") else component.name
+        if name in spent:
+            spent[name] += proc_status(component.process.pid)[1]
+    return spent
+
+
+async def operator_alive(port: int, process: subprocess.Popen[bytes]) -> None:
+    async with aiohttp.ClientSession() as session:
+        await wait_alive(session, port, process)
+
+
+def measure(cluster: k8s.Cluster, config: Config, workdir: Path) -> Outcome:
     names = [f"m{i}" for i in range(config.miners)]
     trace = Trace(
         baseline_s=config.baseline_s,
         spike_s=config.spike_s,
         recovery_s=config.recovery_s,
-        low=1.0,
+        low=1,
         high=config.spike_queue,
         spiking=frozenset(names[::2]),
     )
     clock: dict[str, float | None] = {"start": None}
 
-    async with bench_emulator() as server, client(server) as api:
+    def queue(name: str) -> int:
+        start = clock["start"]
+        return trace.queue(name, None if start is None else time.monotonic() - start)
 
-        def queue(labels: Mapping[str, str]) -> float:
-            """The miner's queue now, split evenly among its ready replicas as the API server has them."""
-            name, start = labels.get(INSTANCE, ""), clock["start"]
-            t = None if start is None else time.monotonic() - start
-            return trace.queue(name, t) / max(1, len(server.ready.get(name, ())))
-
-        sim = SimCluster(api, NAMESPACE, queue=queue, ready_after=config.ready_after)
-        loop = SimLoop(sim, config.tick)
-        await api.create(
-            object_path("Secret", NAMESPACE),
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wallet", "namespace": NAMESPACE}},
-        )
-        for pool in POOLS:
-            taints = [SPOT_TAINT] if pool == "spot" else None
-            for i in range(config.nodes):
-                await api.create(NODES_PATH, node(f"{pool}-{i}", pool, GPUS_PER_NODE, taints))
-        sim_task = asyncio.create_task(loop.run())
-        config_path = workdir / "kubeconfig"
-        kubeconfig(config_path, url(server))
-        liveness, metrics_port = free_port(), free_port()
-        command = [sys.executable, "-m", "quasar_cli", "operator", "run", "-A"]
-        command += ["--liveness-port", str(liveness), "--metrics-port", str(metrics_port)]
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(config_path),
-            "QUASAR_OPERATOR_SCALE_INTERVAL": str(config.scale_interval),
-            "QUASAR_OPERATOR_CLUSTER_TTL": str(config.cluster_ttl),
-        }
-        log_path = config.operator_log or workdir / "operator.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    setup(cluster, config, workdir)
+    # start_operator passes this process's environment on: the two settings the run changes.
+    os.environ["QUASAR_OPERATOR_SCALE_INTERVAL"] = str(config.scale_interval)
+    os.environ["QUASAR_OPERATOR_CLUSTER_TTL"] = str(config.cluster_ttl)
+    metrics_port, liveness_port = k8s.free_port(), k8s.free_port()
+    log_path = config.operator_log or workdir / "operator.log"
+    with PodEngines(cluster, NAMESPACE, kind="vllm", model_id=MODEL, queues=queue) as engines:
+        process = start_operator(cluster, log_path, metrics_port, liveness_port)
         try:
-            async with aiohttp.ClientSession() as session:
-                await wait_alive(session, liveness, process)
-                warm_started = time.monotonic()
-                await asyncio.gather(*(api.create(MINERS, miner(name)) for name in names))
-                views = await warm_up(server, names, config, sim_task)
-                warmup_s = time.monotonic() - warm_started
-                _, cpu_before = proc_status(process.pid)
-                counts_before = await operator_counts(session, metrics_port)
-                bench_before = time.process_time()
-                requests_before = dict(server.operator_requests)
-                passes_before = len(loop.passes)
-                tally, pods_peak = Tally(), 0
-                clock["start"] = started = last = time.monotonic()
-                while (now := time.monotonic()) - started < trace.total_s:
-                    check_running(sim_task, process)
-                    t = now - started
-                    current = observe(server, names)
-                    account(
-                        tally, trace, t, now - last, current, views, config.scale_interval + config.sample
-                    )
-                    pods_peak = max(pods_peak, sum(v.bound for v in current.values()))
-                    if config.follow in current and current[config.follow] != views.get(config.follow):
-                        needs = trace.needed(config.follow, t)
-                        print(f"needs {needs} " + describe(t, current[config.follow]), file=sys.stderr)
-                    views, last = current, now
-                    await asyncio.sleep(config.sample)
-                duration_s = time.monotonic() - started
-                bench_cpu_s = time.process_time() - bench_before
-                peak_mb, cpu_after = proc_status(process.pid)
-                counts_after = await operator_counts(session, metrics_port)
-                requests = {
-                    action: count - requests_before.get(action, 0)
-                    for action, count in server.operator_requests.items()
-                }
+            asyncio.run(operator_alive(liveness_port, process))
+            warm_started = time.monotonic()
+            for name in names:
+                cluster.api("POST", MINERS, miner(name))
+            views = warm_up(cluster, names, config, process)
+            warmup_s = time.monotonic() - warm_started
+            cpu_before, cluster_before = proc_status(process.pid)[1], cluster_cpu(cluster)
+            counts_before, seconds_before = reconcile_counts(metrics_port), reconcile_seconds(metrics_port)
+            requests_before, listings_before = request_counts(cluster), engines.listings
+            bench_before = time.process_time()
+            tally, pods_peak, samples = Tally(), 0, 0
+            clock["start"] = started = last = time.monotonic()
+            while (now := time.monotonic()) - started < trace.total_s:
+                check_running(process)
+                t = now - started
+                current = observe(cluster, names)
+                samples += 1
+                account(tally, trace, t, now - last, current, views, config.scale_interval + config.sample)
+                pods_peak = max(pods_peak, sum(v.bound for v in current.values()))
+                if config.follow in current and current[config.follow] != views.get(config.follow):
+                    needs = trace.needed(config.follow, t)
+                    print(f"needs {needs} " + describe(t, current[config.follow]), file=sys.stderr)
+                views, last = current, now
+                time.sleep(max(0.0, config.sample - (time.monotonic() - now)))
+            duration_s = time.monotonic() - started
+            bench_cpu_s = time.process_time() - bench_before
+            requests = operator_requests(requests_before, request_counts(cluster))
+            # This process's own listings (the sampling, the doubles' thread) are counted there too.
+            requests["LIST"] -= BENCH_LISTS_PER_SAMPLE * samples + engines.listings - listings_before
+            peak_mb, cpu_after = proc_status(process.pid)
+            cluster_after = cluster_cpu(cluster)
+            counts_after, seconds_after = reconcile_counts(metrics_port), reconcile_seconds(metrics_port)
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
-            sim_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sim_task
-            await sim.close()
+            stop_operator(process)
     lines = log_path.read_text(errors="replace").splitlines()
     return Outcome(
         config=config,
@@ -574,13 +485,10 @@ async def measure(config: Config, workdir: Path) -> Outcome:
         peak_rss_mb=peak_mb,
         cpu_s=cpu_after - cpu_before,
         bench_cpu_s=bench_cpu_s,
-        counts=OperatorCounts(
-            counts_after.reconciles - counts_before.reconciles,
-            counts_after.failures - counts_before.failures,
-            counts_after.seconds - counts_before.seconds,
-        ),
-        sim_passes=loop.passes[passes_before:],
-        sim_errors=loop.errors,
+        cluster_cpu_s={name: cluster_after[name] - cluster_before[name] for name in cluster_after},
+        reconciles=sum(counts_after.values()) - sum(counts_before.values()),
+        failures=counts_after.get("failure", 0.0) - counts_before.get("failure", 0.0),
+        reconcile_s=seconds_after - seconds_before,
         requests=requests,
         pods_peak=pods_peak,
         log_scaled=sum(":Scaled: " in line for line in lines),
@@ -588,36 +496,29 @@ async def measure(config: Config, workdir: Path) -> Outcome:
     )
 
 
-def check_running(sim_task: "asyncio.Task[None]", process: subprocess.Popen[bytes]) -> None:
-    if sim_task.done():
-        sim_task.result()  # raises what stopped the simulation
-        raise RuntimeError("the simulation stopped")
+def check_running(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:
         raise RuntimeError(f"the operator exited with {process.returncode}")
 
 
-async def warm_up(
-    server: Emulator,
-    names: list[str],
-    config: Config,
-    sim_task: "asyncio.Task[None]",
+def warm_up(
+    cluster: k8s.Cluster, names: list[str], config: Config, process: subprocess.Popen[bytes]
 ) -> dict[str, MinerView]:
     """Until every miner runs its one ready replica and says so."""
     deadline = time.monotonic() + config.warmup_timeout
     while True:
-        views = observe(server, names)
-        if all(v.desired == MIN_REPLICAS and v.ready == v.bound == MIN_REPLICAS for v in views.values()):
+        views = observe(cluster, names)
+        settled = sum(
+            v.desired == MIN_REPLICAS and v.ready == v.bound == MIN_REPLICAS for v in views.values()
+        )
+        if settled == len(names):
             return views
         if time.monotonic() > deadline:
-            settled = sum(
-                v.desired == MIN_REPLICAS and v.ready == v.bound == MIN_REPLICAS for v in views.values()
-            )
             raise RuntimeError(
                 f"warm-up: {settled} of {len(names)} miners at rest after {config.warmup_timeout} s"
             )
-        if sim_task.done():
-            sim_task.result()
-        await asyncio.sleep(config.sample)
+        check_running(process)
+        time.sleep(config.sample)
 
 
 def describe(t: float, v: MinerView) -> str:
@@ -644,13 +545,11 @@ def report(o: Outcome) -> list[tuple[str, str]]:
     for t, *_ in tally.decisions:
         per_minute[int(t // 60)] = per_minute.get(int(t // 60), 0) + 1
     ups = sum(1 for _, _, frm, to in tally.decisions if to > frm)
-    passes = o.sim_passes
     asked = c.miners / c.scale_interval
+    verbs = ("GET", "LIST", "APPLY", "PATCH", "POST", "DELETE")
+    cpu = o.cluster_cpu_s
     return [
-        (
-            "miners (spiking)",
-            f"{c.miners} ({spiking}: queue {trace.low:g} -> {trace.high:g}, needs 1 -> {high})",
-        ),
+        ("miners (spiking)", f"{c.miners} ({spiking}: queue {trace.low} -> {trace.high}, needs 1 -> {high})"),
         (
             "nodes x GPUs",
             f"{len(POOLS)} pools x {c.nodes} x {GPUS_PER_NODE} = {len(POOLS) * c.nodes * GPUS_PER_NODE}",
@@ -680,62 +579,54 @@ def report(o: Outcome) -> list[tuple[str, str]]:
         ),
         (
             "GPU-hours idle (policy floor)",
-            f"{tally.idle_gpu_s / 3600:.2f} ({policy_floor_gpu_h(trace):.2f})",
+            f"{tally.idle_gpu_s / 3600:.3f} ({policy_floor_gpu_h(trace):.3f})",
         ),
-        ("GPU-hours short (needed, not ready)", f"{tally.short_gpu_s / 3600:.2f}"),
+        ("GPU-hours short (needed, not ready)", f"{tally.short_gpu_s / 3600:.3f}"),
         (
             "scale decisions: per minute mean / peak; up, down",
-            f"{len(tally.decisions) / minutes:.0f} / {max(per_minute.values(), default=0)}; "
+            f"{len(tally.decisions) / minutes:.1f} / {max(per_minute.values(), default=0)}; "
             f"{ups}, {len(tally.decisions) - ups}",
         ),
         ("decisions against the load; ready replicas lost", f"{len(tally.unexpected)}; {len(tally.lost)}"),
         (
             "operator reconciles/s (timer asks); failures",
-            f"{o.counts.reconciles / o.duration_s:.1f} ({asked:.0f}); {o.counts.failures:.0f}",
+            f"{o.reconciles / o.duration_s:.2f} ({asked:.2f}); {o.failures:.0f}",
         ),
         (
             "operator mean reconcile (ms)",
-            f"{1000 * o.counts.seconds / o.counts.reconciles:.0f}" if o.counts.reconciles else "-",
+            f"{1000 * o.reconcile_s / o.reconciles:.0f}" if o.reconciles else "-",
         ),
         (
-            "operator API requests/s: all (list, get, patch, create)",
-            f"{sum(o.requests.values()) / o.duration_s:.0f} ("
-            + ", ".join(
-                f"{o.requests.get(a, 0) / o.duration_s:.0f}" for a in ("LIST", "FETCH", "UPDATE", "CREATE")
-            )
+            "operator API requests/s: all (" + ", ".join(v.lower() for v in verbs) + ")",
+            f"{sum(o.requests.values()) / o.duration_s:.1f} ("
+            + ", ".join(f"{o.requests[v] / o.duration_s:.1f}" for v in verbs)
             + ")",
         ),
         ("operator peak RSS (MB)", f"{o.peak_rss_mb:.0f}"),
+        ("operator CPU (s, share of one core)", f"{o.cpu_s:.0f} ({100 * o.cpu_s / o.duration_s:.0f}%)"),
         (
-            "operator CPU (s, share of one core)",
-            f"{o.cpu_s:.0f} ({100 * o.cpu_s / o.duration_s:.0f}%)",
+            "CPU (s): kube-apiserver, etcd, controller-manager, scheduler; hollow nodes",
+            ", ".join(f"{cpu[name]:.0f}" for name in CONTROL_PLANE) + f"; {cpu['hollow nodes']:.0f}",
         ),
         (
-            "bench process CPU (s), peak RSS (MB): emulator, simulation, sampling",
+            "bench process CPU (s), peak RSS (MB): engine doubles, sampling",
             f"{o.bench_cpu_s:.0f}, {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}",
-        ),
-        (
-            "simulation pass mean / max (s); passes cut by an API error",
-            (f"{statistics.mean(passes):.2f} / {max(passes):.2f}" if passes else "-")
-            + f"; {len(o.sim_errors)}",
         ),
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--miners", type=int, default=100)
-    parser.add_argument("--nodes", type=int, default=50, help="nodes per pool (8 GPUs each)")
-    parser.add_argument("--baseline-s", type=float, default=30)
+    parser.add_argument("--miners", type=int, default=10)
+    parser.add_argument("--nodes", type=int, default=3, help="hollow nodes per pool (8 GPUs each)")
+    parser.add_argument("--baseline-s", type=float, default=20)
     parser.add_argument("--spike-s", type=float, default=90)
-    parser.add_argument("--spike-queue", type=float, default=16, help="a spiking miner's queue (target 2)")
+    parser.add_argument("--spike-queue", type=int, default=10, help="a spiking miner's queue (target 2)")
     parser.add_argument("--recovery-s", type=float, default=120)
-    parser.add_argument("--scale-interval", type=float, default=2.0, help="QUASAR_OPERATOR_SCALE_INTERVAL")
-    parser.add_argument("--cluster-ttl", type=float, default=2.0, help="QUASAR_OPERATOR_CLUSTER_TTL")
-    parser.add_argument("--tick", type=float, default=0.5, help="seconds between simulation passes")
-    parser.add_argument("--sample", type=float, default=0.5, help="seconds between samples")
-    parser.add_argument("--ready-after", type=float, default=10.0, help="seconds from bound to Ready")
-    parser.add_argument("--warmup-timeout", type=float, default=180)
+    parser.add_argument("--scale-interval", type=float, default=5.0, help="QUASAR_OPERATOR_SCALE_INTERVAL")
+    parser.add_argument("--cluster-ttl", type=float, default=5.0, help="QUASAR_OPERATOR_CLUSTER_TTL")
+    parser.add_argument("--sample", type=float, default=1.0, help="seconds between samples")
+    parser.add_argument("--warmup-timeout", type=float, default=300)
     parser.add_argument("--follow", help="print this miner's samples (stderr) when they change")
     parser.add_argument("--operator-log", type=Path, help="keep the operator's log here")
     args = parser.parse_args()
@@ -748,25 +639,26 @@ def main() -> None:
         recovery_s=args.recovery_s,
         scale_interval=args.scale_interval,
         cluster_ttl=args.cluster_ttl,
-        tick=args.tick,
         sample=args.sample,
-        ready_after=args.ready_after,
         warmup_timeout=args.warmup_timeout,
         follow=args.follow,
         operator_log=args.operator_log,
     )
-    print(
-        f"{os.cpu_count()} CPUs; operator: quasar operator run -A (its own process), scale interval "
-        f"{config.scale_interval:g} s, cluster cache {config.cluster_ttl:g} s; simulation pass every "
-        f"{config.tick:g} s, Ready {config.ready_after:g} s after binding",
-        flush=True,
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        outcome = asyncio.run(measure(config, Path(tmp)))
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    with tempfile.TemporaryDirectory() as tmp, k8s.running(pools=pools(config.nodes)) as cluster:
+        print(
+            f"{os.cpu_count()} CPUs, load average {load_before}; kube-apiserver {cluster.version()}; "
+            f"operator: quasar operator run -n {NAMESPACE} (its own process), scale interval "
+            f"{config.scale_interval:g} s, cluster cache {config.cluster_ttl:g} s; nodes probe pods "
+            "(startup, readiness every 10 s)",
+            flush=True,
+        )
+        outcome = measure(cluster, config, Path(tmp))
     print("| measure | value |")
     print("|---|---|")
     for what, value in report(outcome):
         print(f"| {what} | {value} |")
+    print("load average after: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     if outcome.log_scaled != len(outcome.tally.decisions):
         print(f"\nScaled lines in the operator's log (warm-up included): {outcome.log_scaled}")
     steps: dict[str, list[tuple[float, int, int]]] = {}
@@ -784,7 +676,7 @@ def main() -> None:
         for t, view in outcome.tally.history.get(dip.miner, []):
             if abs(t - dip.t) <= 15:
                 print("  " + describe(t, view))
-    if outcome.counts.failures:
+    if outcome.failures:
         print("the operator's log ends:\n  " + "\n  ".join(outcome.log_tail))
 
 

@@ -1,4 +1,4 @@
-"""What the operator benchmarks share: the operator in its own process, as users run it, and its costs."""
+"""What the operator benchmarks share about the operator's process: when it is alive, and what it costs."""
 
 import asyncio
 import contextlib
@@ -8,19 +8,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import yaml
-
-
-def kubeconfig(path: Path, server: str) -> None:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
-        "users": [{"name": "bench", "user": {}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "bench"}}],
-        "current-context": "emulator",
-    }
-    path.write_text(yaml.safe_dump(config))
 
 
 def proc_status(pid: int) -> tuple[float, float]:

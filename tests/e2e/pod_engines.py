@@ -11,6 +11,7 @@ tests/test_miner.py: here only its readiness matters).
 """
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -27,6 +28,7 @@ DOUBLES: dict[str, type[Engine]] = {"tgi": FakeTGI, "vllm": FakeVLLM, "sglang": 
 POOL_LABEL = (
     "quasar.ai/pool"  # the placement pool of a miner's pod (operator/quasar_operator/builders/miner.py)
 )
+MINER_LABEL = "app.kubernetes.io/instance"  # the QuasarMiner a pod belongs to
 
 
 @dataclass
@@ -58,7 +60,11 @@ class PodEngines:
     by a thread (a pod gone or moved loses its doubles) until `close()`.
 
     `loading`: placement pools (the pods' `quasar.ai/pool` label) whose pods get no doubles yet (their model
-    still loading); `waiting`: the requests each engine reports queued, its batch full whenever any wait.
+    still loading); `waiting`: the requests each engine reports queued, its batch full whenever any wait;
+    `queues`, when set, instead: each miner's requests queued (its name -> requests), all its replicas
+    together, split among its Ready pods (those the operator scrapes) as evenly as whole requests allow, so
+    that what the operator sums is the miner's queue. `listings`: the pod listings made so far (a benchmark
+    tells its own API requests from the operator's).
     """
 
     cluster: k8s.Cluster
@@ -67,6 +73,8 @@ class PodEngines:
     model_id: str
     loading: set[str] = field(default_factory=set)
     waiting: int = 0
+    queues: Callable[[str], int] | None = None
+    listings: int = 0
     engines: dict[str, Engine] = field(default_factory=dict)
     _probes: dict[str, MinerProbes] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -90,6 +98,7 @@ class PodEngines:
     def _run(self) -> None:
         while not self._stop.wait(0.3):
             pods = self.cluster.api("GET", f"/api/v1/namespaces/{self.namespace}/pods")["items"]
+            self.listings += 1
             self.sync([p for p in pods if "miner" in {c["name"] for c in p["spec"]["containers"]}])
 
     def sync(self, pods: list[Obj]) -> None:
@@ -106,12 +115,29 @@ class PodEngines:
         for name, pod in serving.items():
             if name not in self.engines:
                 self._serve(pod)
-        for engine in self.engines.values():
-            busy = self.waiting > 0
+        queued = self._queued(serving)
+        for name, engine in self.engines.items():
+            waiting = queued.get(name, 0)
+            busy = waiting > 0
             if isinstance(engine, FakeTGI):
-                engine.queue_size, engine.batch_size = self.waiting, 4 if busy else 0
+                engine.queue_size, engine.batch_size = waiting, 4 if busy else 0
             else:
-                engine.waiting, engine.running = self.waiting, engine.max_running if busy else 0
+                engine.waiting, engine.running = waiting, engine.max_running if busy else 0
+
+    def _queued(self, serving: dict[str, Obj]) -> dict[str, int]:
+        """The requests each served pod's engine reports queued."""
+        if self.queues is None:
+            return dict.fromkeys(serving, self.waiting)
+        ready: dict[str, list[str]] = {}  # by miner, in name order
+        for name in sorted(serving):
+            if is_ready(serving[name]):
+                ready.setdefault(serving[name]["metadata"]["labels"].get(MINER_LABEL, ""), []).append(name)
+        queued = dict.fromkeys(serving, 0)
+        for miner, names in ready.items():
+            share, rest = divmod(self.queues(miner), len(names))
+            for index, name in enumerate(names):
+                queued[name] = share + (index < rest)
+        return queued
 
     def _serve(self, pod: Obj) -> None:
         name, address = pod["metadata"]["name"], pod["status"]["podIP"]
@@ -127,3 +153,8 @@ class PodEngines:
             server = servers.pop(name, None)
             if server is not None:
                 server.stop()
+
+
+def is_ready(pod: Obj) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)

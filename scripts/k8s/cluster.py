@@ -13,6 +13,7 @@ import argparse
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import shutil
@@ -31,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SERVICE_CIDR = "127.100.0.0/16"  # the `kubernetes` Service gets 127.100.0.1; two Services a miner
-CLUSTER_CIDR = "127.64.0.0/16"  # nodes' spec.podCIDR: a /24 each, and every pod one address of its node's
+SERVICE_CIDR = "127.0.128.0/17"  # the `kubernetes` Service gets 127.0.128.1; two Services a miner
+# Each cluster's pod range, whose /24s are its nodes' spec.podCIDR (every pod one address of its node's), is
+# a 127.N.0.0/16 no other cluster on the machine holds: pods' addresses are served on this machine itself.
+POD_RANGE_OCTETS = range(64, 128)  # 127.64.0.0/10
 NODE_ADDRESSES = "127.0.1.{}"  # hollow node n (from 1) is named 127.0.1.n, its address
 POOL_LABEL = "quasar.ai/pool"
 GPU = "nvidia.com/gpu"
@@ -200,9 +203,11 @@ class Cluster:
     certificates: Certificates
     refusals: Path  # destinations outside loopback the API server tried to reach (must stay empty)
     bin_dir: Path
+    pod_range: str  # the cluster's 127.N.0.0/16
     components: list[Component] = field(default_factory=list)
     _owns_workdir: bool = False
     _nodes_started: int = 0
+    _pod_range_lock: int | None = None  # the open, locked file that claims the pod range
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Component:
         log = self.workdir / "logs" / f"{name}.log"
@@ -226,6 +231,9 @@ class Cluster:
         for component in reversed(self.components):  # nodes first, etcd and the guard last
             component.stop(grace=10)
         self.components.clear()
+        if self._pod_range_lock is not None:
+            os.close(self._pod_range_lock)  # releases the range
+            self._pod_range_lock = None
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -380,9 +388,28 @@ def node_names(pools: tuple[Pool, ...] = POOLS) -> list[tuple[str, Pool]]:
     return [(NODE_ADDRESSES.format(index + 1), pool) for index, pool in enumerate(nodes)]
 
 
+def claim_pod_range() -> tuple[str, int]:
+    """The first 127.N.0.0/16 of POD_RANGE_OCTETS whose lock file this process can hold, and the file's
+    descriptor (the claim lasts while it is open; the kernel drops it if the process dies)."""
+    folder = (
+        Path(os.environ.get("QUASAR_K8S_CACHE", Path.home() / ".cache" / "quasar" / "k8s")) / "pod-ranges"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    for octet in POD_RANGE_OCTETS:
+        descriptor = os.open(folder / f"127.{octet}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            continue
+        return f"127.{octet}.0.0/16", descriptor
+    raise ClusterError(f"every pod range is taken: {len(POD_RANGE_OCTETS)} clusters run on this machine")
+
+
 def start(workdir: Path | None = None, pools: tuple[Pool, ...] = POOLS) -> Cluster:
     """Start a cluster and return once the nodes are Ready with their GPUs; stop it on any failure."""
     bin_dir = build()
+    pod_range, pod_range_lock = claim_pod_range()
     deadline = time.monotonic() + START_TIMEOUT
     owns = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="quasar-k8s-")) if workdir is None else workdir
@@ -397,7 +424,9 @@ def start(workdir: Path | None = None, pools: tuple[Pool, ...] = POOLS) -> Clust
         certificates,
         workdir / "egress-refusals.log",
         bin_dir,
+        pod_range,
         _owns_workdir=owns,
+        _pod_range_lock=pod_range_lock,
     )
     atexit.register(cluster.stop)  # a caller that never calls stop() leaves nothing running either
     try:
@@ -416,7 +445,7 @@ def _start_all(cluster: Cluster, api_port: int, pools: tuple[Pool, ...], deadlin
     serving_cert, serving_key = certs.issue(
         "apiserver",
         "/CN=kube-apiserver",
-        "IP:127.0.0.1,IP:127.100.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+        "IP:127.0.0.1,IP:127.0.128.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
         "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local",
     )
     kubelet_client_cert, kubelet_client_key = certs.issue(
@@ -495,7 +524,11 @@ def _start_all(cluster: Cluster, api_port: int, pools: tuple[Pool, ...], deadlin
             f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={certs.ca}",
             "--allocate-node-cidrs=true",
-            f"--cluster-cidr={CLUSTER_CIDR}",
+            f"--cluster-cidr={cluster.pod_range}",
+            # Endpoints and EndpointSlices may not hold loopback addresses, which every pod here has: the
+            # controllers would retry and post a Warning Event a minute per Service. Nothing routes through
+            # Services here (no kube-proxy).
+            "--controllers=*,-endpoints-controller,-endpointslice-controller,-endpointslice-mirroring-controller",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
         ],
     )

@@ -2,6 +2,7 @@
 
 import ipaddress
 import json
+import os
 import time
 import urllib.error
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from scripts.k8s import cluster as k8s
 from tests import test_crds
 from tests.e2e.conftest import REPO, Kube
 
-LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 EXAMPLES = sorted((REPO / "crds" / "examples").glob("*.yaml"))
 CHART = REPO / "charts" / "quasar"
 CHART_EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
@@ -55,8 +56,21 @@ def test_hollow_nodes_are_ready_gpu_pools_on_loopback(cluster: k8s.Cluster) -> N
         assert ipaddress.ip_address(name) in LOOPBACK
         assert [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"] == [name]
         assert ipaddress.IPv4Network(node["spec"]["podCIDR"]).subnet_of(
-            ipaddress.IPv4Network(k8s.CLUSTER_CIDR)
+            ipaddress.IPv4Network(cluster.pod_range)
         )
+    assert ipaddress.IPv4Network(cluster.pod_range).subnet_of(LOOPBACK)
+
+
+def test_two_clusters_on_one_machine_get_pod_ranges_of_their_own(cluster: k8s.Cluster) -> None:
+    other, lock = k8s.claim_pod_range()
+    try:
+        assert other != cluster.pod_range
+        assert not ipaddress.IPv4Network(other).overlaps(ipaddress.IPv4Network(cluster.pod_range))
+    finally:
+        os.close(lock)
+    again, lock = k8s.claim_pod_range()  # released: the next claim may take it
+    os.close(lock)
+    assert again == other
 
 
 def test_a_gpu_deployment_is_scheduled_on_its_pool_and_collected_when_deleted(

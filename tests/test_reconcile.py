@@ -5,12 +5,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import kopf
 import pytest
-from quasar_operator.apply import ApiError, KubeApi, differs, matches, object_path
+from quasar_operator.apply import ApiError, KubeApi, differs, matches, object_path, without_nulls
 from quasar_operator.cli import parse
 from quasar_operator.handlers import Client, drifts_only, scales_itself
 from quasar_operator.reconcile import (
@@ -140,6 +141,25 @@ def test_miner_ready_when_the_deployment_reports_ready_pods() -> None:
     conditions = by_type(result)
     assert (conditions["Ready"]["status"], conditions["Ready"]["message"]) == ("True", "2/2 replicas ready")
     assert conditions["Progressing"]["reason"] == "RolloutComplete"
+
+
+def test_a_placed_miners_status_reads_back_as_written_so_a_second_reconcile_writes_nothing() -> None:
+    # A pool with node autoscaling has no known free room, and a pool never full has no fullSince: both
+    # unset. The API server stores no nulls, so the status it returns must compare equal to the next one.
+    pools = [
+        {"name": "h100", "nodeSelector": {"pool": "h100"}, "maxReplicas": 2, "nodeAutoscaling": True},
+        {"name": "a100", "nodeSelector": {"pool": "a100"}, "maxReplicas": 2},
+    ]
+    spec = {"placement": {"pools": pools}, "cache": {"accessMode": "ReadWriteMany"}}
+    api, scaling = with_wallet(), ScalingState()
+    first = run(reconcile_miner(api, miner(spec), NOW, scaling))
+    assert first.failure is None
+    assert [set(pool) >= {"name", "desired", "ready"} for pool in first.status["pools"]] == [True, True]
+    # (The second reconcile counts the first one's pods as pending: no controller makes them here.)
+    second = run(reconcile_miner(api, replace(miner(spec), status=without_nulls(first.status)), NOW, scaling))
+    stored = without_nulls(second.status)
+    third = run(reconcile_miner(api, replace(miner(spec), status=stored), NOW, scaling))
+    assert not differs(third.status, stored)
 
 
 def test_invalid_spec_names_the_field_and_applies_nothing() -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from quasar_operator import autoscaler, capacity, placement
-from quasar_operator.apply import matches, object_path
+from quasar_operator.apply import matches, object_path, without_nulls
 from quasar_operator.builders.common import Owner, selector_labels
 from quasar_operator.builders.miner import KIND, POOL_LABEL, Endpoint, for_pool, miner_deployment, miner_names
 from quasar_operator.models import MinerStatus, PoolSpec, QuasarMinerSpec
@@ -278,18 +278,22 @@ def _placement_status(
     for pool, deployment in zip(spec.placement.pools, applied, strict=True):
         view, share = by_name[pool.name], shares[pool.name]
         status = deployment.get("status") or {}
+        # Unset fields are left out, not null: the API server stores no nulls, and a status that reads back
+        # different from what the operator computes would be written again at every reconcile.
         pools.append(
-            {
-                "name": pool.name,
-                "desired": share.replicas,
-                "replicas": int(status.get("replicas") or 0),
-                "ready": int(status.get("readyReplicas") or 0),
-                "pending": max(0, view.replicas - view.scheduled),
-                "free": view.free,
-                "spot": pool.spot,
-                "fullSince": None if share.full_since is None else rfc3339(share.full_since),
-                "spills": share.spills,
-            }
+            without_nulls(
+                {
+                    "name": pool.name,
+                    "desired": share.replicas,
+                    "replicas": int(status.get("replicas") or 0),
+                    "ready": int(status.get("readyReplicas") or 0),
+                    "pending": max(0, view.replicas - view.scheduled),
+                    "free": view.free,
+                    "spot": pool.spot,
+                    "fullSince": None if share.full_since is None else rfc3339(share.full_since),
+                    "spills": share.spills,
+                }
+            )
         )
     return {"pools": pools, "unplaced": plan.unplaced}
 

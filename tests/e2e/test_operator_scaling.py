@@ -118,6 +118,15 @@ def test_capacity_returns_and_replicas_move_back_without_losing_ready_ones(
     assert {"PoolFull", "PoolReopened"} <= event_reasons(kube, ns)
     # The operator's gauges say the same as the status.
     eventually("the operator's gauges", lambda: replica_gauges(placing, "m1") == pairs(kube, ns, "m1"))
+    # At rest, a placed miner's reconciles (every scale tick) write nothing: not even its status.
+    version = get(kube, "-n", ns, "quasarminer/m1")["metadata"]["resourceVersion"]
+    scale_ticks = scale_ticks_of(placing)
+    eventually("three scale reconciles", lambda: scale_ticks_of(placing) >= scale_ticks + 3)
+    assert get(kube, "-n", ns, "quasarminer/m1")["metadata"]["resourceVersion"] == version
+
+
+def scale_ticks_of(operator: Operator) -> int:
+    return operator.log.read_text(encoding="utf-8", errors="replace").count("Timer 'scale' succeeded")
 
 
 def replica_gauges(operator: Operator, name: str) -> dict[str, tuple[int, int]]:

@@ -74,6 +74,7 @@ from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+from quasar_operator.capacity import pod_ready
 
 from benchmarks.bench_operator import operator_requests, request_counts
 from benchmarks.bench_operator_writes import (
@@ -86,7 +87,7 @@ from benchmarks.bench_operator_writes import (
 from benchmarks.operator_process import proc_status, wait_alive
 from scripts.k8s import cluster as k8s
 from tests.e2e.conftest import Kube
-from tests.e2e.pod_engines import MINER_LABEL, POOL_LABEL, PodEngines, is_ready
+from tests.e2e.pod_engines import MINER_LABEL, POOL_LABEL, PodEngines
 from tests.e2e.test_operator_lifecycle import local_storage
 
 MINERS = f"/apis/quasar.ai/v1alpha1/namespaces/{NAMESPACE}/quasarminers"
@@ -212,7 +213,7 @@ def observe(cluster: k8s.Cluster, names: list[str]) -> dict[str, MinerView]:
             continue
         view.bound += 1
         view.bound_pods.add(meta["name"])
-        if is_ready(pod):
+        if pod_ready(pod):
             view.ready += 1
             pool = meta["labels"].get(POOL_LABEL, "")
             view.pools_ready[pool] = view.pools_ready.get(pool, 0) + 1
@@ -394,7 +395,7 @@ def pools(nodes: int) -> tuple[k8s.Pool, ...]:
 def setup(cluster: k8s.Cluster, config: Config, workdir: Path) -> None:
     """CRDs, namespace and wallet (bench_operator_writes.prepare); the spot nodes' taint; a volume a miner."""
     prepare(cluster)
-    for name, pool in k8s.node_names(pools(config.nodes)):
+    for name, pool in cluster.node_pools.items():
         if pool.name == "spot":
             patch = {"spec": {"taints": [SPOT_TAINT]}}
             cluster.api("PATCH", f"/api/v1/nodes/{name}", patch, "application/merge-patch+json")

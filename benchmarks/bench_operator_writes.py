@@ -82,7 +82,7 @@ def miner(name: str, example: dict[str, Any], **spec: Any) -> dict[str, Any]:
 
 def setup(cluster: k8s.Cluster, count: int, volume: Path) -> None:
     prepare(cluster)
-    for name, _ in k8s.node_names():
+    for name in cluster.node_pools:
         cluster.set_gpus(name, GPUS_PER_NODE)
     storage: list[dict[str, Any]] = [
         {

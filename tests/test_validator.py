@@ -144,15 +144,21 @@ async def one_round(validator: Validator) -> RoundResult:
     return result
 
 
+def serve_a_dead_miner(net: Subnet, wallet_path: Path) -> int:
+    """A registered miner whose announced endpoint answers nothing; its uid."""
+    gone = create_wallet("quasar-test", "gone", str(wallet_path)).hotkey.ss58_address
+    uid: int = net.chain.register(gone)
+    net.chain.serve(gone, "127.0.0.1", dead_port())
+    return uid
+
+
 @run_async
 async def test_a_whole_round_over_signed_http(
     tmp_path: Path, wallet_path: Path, validator_wallet: bittensor.Wallet, tokenizer: Tokenizer
 ) -> None:
     answers = {"reader": read_answer, "wrong": lambda prompt: "I do not know"}
     async with subnet(wallet_path, validator_wallet, answers) as net:
-        gone = create_wallet("quasar-test", "gone", str(wallet_path)).hotkey.ss58_address
-        gone_uid = net.chain.register(gone)
-        net.chain.serve(gone, "127.0.0.1", dead_port())
+        gone_uid = serve_a_dead_miner(net, wallet_path)
         config = config_for(tmp_path)
         validator = make_validator(
             config, net.chain.view(validator_wallet.hotkey.ss58_address), validator_wallet, tokenizer
@@ -338,9 +344,7 @@ async def test_metrics_over_http_follow_rounds_scores_and_weights(
 ) -> None:
     answers = {"reader": read_answer, "wrong": lambda prompt: "I do not know"}
     async with subnet(wallet_path, validator_wallet, answers) as net:
-        gone = create_wallet("quasar-test", "gone", str(wallet_path)).hotkey.ss58_address
-        gone_uid = net.chain.register(gone)
-        net.chain.serve(gone, "127.0.0.1", dead_port())
+        gone_uid = serve_a_dead_miner(net, wallet_path)
         net.chain.fail_next_set_weights = 1
         hotkey = validator_wallet.hotkey.ss58_address
         validator = make_validator(

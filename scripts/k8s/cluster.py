@@ -205,6 +205,7 @@ class Cluster:
     bin_dir: Path
     pod_range: str  # the cluster's 127.N.0.0/16
     components: list[Component] = field(default_factory=list)
+    node_pools: dict[str, Pool] = field(default_factory=dict)  # each running hollow node: its pool
     _owns_workdir: bool = False
     _nodes_started: int = 0
     _pod_range_lock: int | None = None  # the open, locked file that claims the pod range
@@ -248,7 +249,6 @@ class Cluster:
         """Start each pool's hollow nodes; return their names once they are Ready, have their pod range and
         advertise their GPUs. Node n (from 1, in start order) is named 127.0.1.n."""
         names = []
-        gpus = {}
         for pool in [each for each in pools for _ in range(each.nodes)]:
             self._nodes_started += 1
             name = NODE_ADDRESSES.format(self._nodes_started)
@@ -262,7 +262,7 @@ class Cluster:
             ]
             self.start(f"node-{name}", [*argv, "--probes"] if pool.probes else argv)
             names.append(name)
-            gpus[name] = pool.gpus_per_node
+            self.node_pools[name] = pool
 
         def nodes_ready() -> bool:
             # Ready, and given its pod range by the node IPAM controller (which happens a moment after).
@@ -271,7 +271,7 @@ class Cluster:
 
         self.wait_for(f"hollow nodes {', '.join(names)}", nodes_ready, time.monotonic() + timeout)
         for name in names:
-            self.set_gpus(name, gpus[name])
+            self.set_gpus(name, self.node_pools[name].gpus_per_node)
         return names
 
     def remove_node(self, name: str) -> None:
@@ -279,6 +279,7 @@ class Cluster:
         component = next(c for c in self.components if c.name == f"node-{name}")
         component.stop(grace=10)
         self.components.remove(component)
+        del self.node_pools[name]
         with contextlib.suppress(urllib.error.HTTPError):  # already gone
             self.api("DELETE", f"/api/v1/nodes/{name}")
 
@@ -380,12 +381,6 @@ def _egress_config(workdir: Path, socket_path: Path) -> Path:
     path = workdir / "egress-selector.json"
     path.write_text(json.dumps(config), encoding="utf-8")
     return path
-
-
-def node_names(pools: tuple[Pool, ...] = POOLS) -> list[tuple[str, Pool]]:
-    """Each hollow node's name, which is its loopback address (hollownode/main.go says why), and pool."""
-    nodes = [pool for pool in pools for _ in range(pool.nodes)]
-    return [(NODE_ADDRESSES.format(index + 1), pool) for index, pool in enumerate(nodes)]
 
 
 def claim_pod_range() -> tuple[str, int]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from aiohttp import web
+from quasar_operator.capacity import pod_ready
 
 from scripts.k8s import cluster as k8s
 from tests.fake_openai_engines import FakeOpenAIEngine, FakeSGLang, FakeVLLM
@@ -130,7 +131,7 @@ class PodEngines:
             return dict.fromkeys(serving, self.waiting)
         ready: dict[str, list[str]] = {}  # by miner, in name order
         for name in sorted(serving):
-            if is_ready(serving[name]):
+            if pod_ready(serving[name]):
                 ready.setdefault(serving[name]["metadata"]["labels"].get(MINER_LABEL, ""), []).append(name)
         queued = dict.fromkeys(serving, 0)
         for miner, names in ready.items():
@@ -153,8 +154,3 @@ class PodEngines:
             server = servers.pop(name, None)
             if server is not None:
                 server.stop()
-
-
-def is_ready(pod: Obj) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)

@@ -44,7 +44,7 @@ def test_api_server_reports_the_built_version(cluster: k8s.Cluster, kube: Kube) 
 
 def test_hollow_nodes_are_ready_gpu_pools_on_loopback(cluster: k8s.Cluster) -> None:
     nodes = {node["metadata"]["name"]: node for node in cluster.nodes()}
-    expected = dict(k8s.node_names())
+    expected = cluster.node_pools
     assert set(nodes) == set(expected)
     for name, pool in expected.items():
         node = nodes[name]
@@ -73,33 +73,38 @@ def test_two_clusters_on_one_machine_get_pod_ranges_of_their_own(cluster: k8s.Cl
     assert again == other
 
 
-def test_a_gpu_deployment_is_scheduled_on_its_pool_and_collected_when_deleted(
-    kube: Kube, namespace: str
-) -> None:
-    pool = k8s.POOLS[0]
-    deployment = {
+def gpu_deployment(namespace: str, name: str, pool: str, gpus: int, replicas: int = 1) -> dict[str, Any]:
+    """A Deployment of `replicas` pods, each holding `gpus` of `pool`'s GPUs (someone else's workload)."""
+    return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": "gpu", "namespace": namespace},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
-            "replicas": pool.nodes,
-            "selector": {"matchLabels": {"app": "gpu"}},
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
             "template": {
-                "metadata": {"labels": {"app": "gpu"}},
+                "metadata": {"labels": {"app": name}},
                 "spec": {
-                    "nodeSelector": {k8s.POOL_LABEL: pool.name},
+                    "nodeSelector": {k8s.POOL_LABEL: pool},
                     "containers": [
-                        {"name": "engine", "image": "engine:1", "resources": {"limits": {k8s.GPU: "1"}}}
+                        {"name": "job", "image": "job:1", "resources": {"limits": {k8s.GPU: str(gpus)}}}
                     ],
                 },
             },
         },
     }
+
+
+def test_a_gpu_deployment_is_scheduled_on_its_pool_and_collected_when_deleted(
+    cluster: k8s.Cluster, kube: Kube, namespace: str
+) -> None:
+    pool = k8s.POOLS[0]
+    deployment = gpu_deployment(namespace, "gpu", pool.name, gpus=1, replicas=pool.nodes)
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(deployment))
     kube.kubectl("rollout", "status", "-n", namespace, "deployment/gpu", "--timeout=90s")
     pods = get(kube, "pods", "-n", namespace, "-l", "app=gpu")["items"]
     assert len(pods) == pool.nodes
-    assert {p["spec"]["nodeName"] for p in pods} <= {n for n, p in k8s.node_names() if p == pool}
+    assert {p["spec"]["nodeName"] for p in pods} <= {n for n, p in cluster.node_pools.items() if p == pool}
 
     # The garbage collector removes the ReplicaSet and its pods through their owner references.
     kube.kubectl("delete", "-n", namespace, "deployment/gpu", "--cascade=background")

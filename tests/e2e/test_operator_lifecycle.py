@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.k8s import cluster as k8s
 from tests.e2e.conftest import REPO, Kube
-from tests.e2e.test_control_plane import eventually, get
+from tests.e2e.test_control_plane import eventually, get, gpu_deployment
 
 Obj = dict[str, Any]
 CHART = REPO / "charts" / "quasar"
@@ -556,30 +556,8 @@ def test_a_full_pool_leaves_pods_unschedulable_and_the_miner_spills(
     ns = operator.namespace
     h100 = next(pool for pool in k8s.POOLS if pool.name == "h100")
     # Every h100 GPU taken by someone else's pod.
-    blocker = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "blocker", "namespace": ns},
-        "spec": {
-            "replicas": h100.nodes,
-            "selector": {"matchLabels": {"app": "blocker"}},
-            "template": {
-                "metadata": {"labels": {"app": "blocker"}},
-                "spec": {
-                    "nodeSelector": {k8s.POOL_LABEL: "h100"},
-                    "containers": [
-                        {
-                            "name": "job",
-                            "image": "job:1",
-                            "resources": {"limits": {k8s.GPU: str(h100.gpus_per_node)}},
-                        }
-                    ],
-                },
-            },
-        },
-    }
-    apply(kube, blocker)
-    kube.kubectl("rollout", "status", "-n", ns, "deployment/blocker", "--timeout=90s")
+    apply(kube, blocker(ns, "h100", h100.gpus_per_node))
+    kube.kubectl("rollout", "status", "-n", ns, "deployment/blocker-h100", "--timeout=90s")
 
     # h100 first; a pool with node autoscaling counts no free GPUs (a node may be added), so the operator
     # places there and only the scheduler can say it is full.
@@ -617,24 +595,7 @@ def test_a_full_pool_leaves_pods_unschedulable_and_the_miner_spills(
 
 def blocker(namespace: str, pool: str, gpus: int) -> Obj:
     """Someone else's pod holding `gpus` of `pool`'s GPUs."""
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": f"blocker-{pool}", "namespace": namespace},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": f"blocker-{pool}"}},
-            "template": {
-                "metadata": {"labels": {"app": f"blocker-{pool}"}},
-                "spec": {
-                    "nodeSelector": {k8s.POOL_LABEL: pool},
-                    "containers": [
-                        {"name": "job", "image": "job:1", "resources": {"limits": {k8s.GPU: str(gpus)}}}
-                    ],
-                },
-            },
-        },
-    }
+    return gpu_deployment(namespace, f"blocker-{pool}", pool, gpus)
 
 
 def no_gpus_taken_elsewhere(kube: Kube, namespace: str) -> bool:
@@ -646,6 +607,14 @@ def no_gpus_taken_elsewhere(kube: Kube, namespace: str) -> bool:
         if p["metadata"]["namespace"] != namespace
         and any(k8s.GPU in (c.get("resources") or {}).get("limits", {}) for c in p["spec"]["containers"])
     ]
+
+
+def leave_two_gpus_on_h100(kube: Kube, namespace: str) -> None:
+    """Room for two one-GPU replicas on h100, the rest held by someone else's pod (earlier tests' gone)."""
+    eventually("GPUs free of earlier tests", lambda: no_gpus_taken_elsewhere(kube, namespace))
+    h100 = next(p for p in k8s.POOLS if p.name == "h100")
+    apply(kube, blocker(namespace, "h100", h100.gpus_per_node - 2))
+    kube.kubectl("rollout", "status", "-n", namespace, "deployment/blocker-h100", "--timeout=90s")
 
 
 def pool(name: str, max_replicas: int, **extra: Any) -> Obj:
@@ -671,10 +640,7 @@ def test_replicas_fill_the_first_pool_by_its_free_gpus_then_the_next(
 ) -> None:
     operator = placing_operator
     ns = operator.namespace
-    eventually("GPUs free of earlier tests", lambda: no_gpus_taken_elsewhere(kube, ns))
-    h100 = next(p for p in k8s.POOLS if p.name == "h100")
-    apply(kube, blocker(ns, "h100", h100.gpus_per_node - 2))  # room for two one-GPU replicas
-    kube.kubectl("rollout", "status", "-n", ns, "deployment/blocker-h100", "--timeout=90s")
+    leave_two_gpus_on_h100(kube, ns)
     placement = {"pools": [pool("h100", 4), pool("a100", 4)], "spillAfterSeconds": 60}
     apply(kube, miner(operator, pod={}, replicas=3, placement=placement))
     eventually(
@@ -700,10 +666,7 @@ def test_miners_planning_at_once_do_not_count_the_same_free_gpus(
 ) -> None:
     operator = placing_operator
     ns = operator.namespace
-    eventually("GPUs free of earlier tests", lambda: no_gpus_taken_elsewhere(kube, ns))
-    h100 = next(p for p in k8s.POOLS if p.name == "h100")
-    apply(kube, blocker(ns, "h100", h100.gpus_per_node - 2))
-    kube.kubectl("rollout", "status", "-n", ns, "deployment/blocker-h100", "--timeout=90s")
+    leave_two_gpus_on_h100(kube, ns)
     placement = {"pools": [pool("h100", 2), pool("a100", 4)], "spillAfterSeconds": 60}
     bodies = [miner(operator, name, pod={}, replicas=2, placement=placement) for name in ("m1", "m2")]
     kube.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": bodies}))

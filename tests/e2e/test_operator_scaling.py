@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from scripts.k8s import cluster as k8s
 from tests.e2e.conftest import Kube
@@ -23,6 +24,7 @@ from tests.e2e.test_operator_lifecycle import (
     blocker,
     miner,
     pairs,
+    pool,
     pools_status,
     run_operator,
 )
@@ -59,10 +61,6 @@ def engines(cluster: k8s.Cluster, namespace: str) -> Iterator[PodEngines]:
     """vLLM doubles for the miners' pods (each test may change the kind before its miner starts)."""
     with PodEngines(cluster, namespace, kind="vllm", model_id=MODEL) as running:
         yield running
-
-
-def pool(name: str, max_replicas: int, **extra: Any) -> Obj:
-    return {"name": name, "nodeSelector": {k8s.POOL_LABEL: name}, "maxReplicas": max_replicas, **extra}
 
 
 def placed(
@@ -129,15 +127,19 @@ def scale_ticks_of(operator: Operator) -> int:
     return operator.log.read_text(encoding="utf-8", errors="replace").count("Timer 'scale' succeeded")
 
 
+def samples(url: str) -> list[Sample]:
+    """Every sample of the /metrics page at `url` (on loopback: the operator's, a pod's engine)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as answer:
+        page = answer.read().decode()
+    return [sample for family in text_string_to_metric_families(page) for sample in family.samples]
+
+
 def replica_gauges(operator: Operator, name: str) -> dict[str, tuple[int, int]]:
     """Each pool's (desired, ready) in the operator's `quasar_operator_miner_replicas`."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as answer:
-        page = answer.read().decode()
     found: dict[str, dict[str, int]] = {}
-    for family in text_string_to_metric_families(page):
-        for sample in family.samples:
-            if sample.name == "quasar_operator_miner_replicas" and sample.labels["object_name"] == name:
-                found.setdefault(sample.labels["pool"], {})[sample.labels["state"]] = int(sample.value)
+    for sample in samples(f"http://127.0.0.1:{operator.metrics_port}"):
+        if sample.name == "quasar_operator_miner_replicas" and sample.labels["object_name"] == name:
+            found.setdefault(sample.labels["pool"], {})[sample.labels["state"]] = int(sample.value)
     return {pool: (states["desired"], states["ready"]) for pool, states in found.items()}
 
 
@@ -171,17 +173,8 @@ GAUGES = {
 def exported(engines: PodEngines, name: str) -> float | None:
     """What the pods' engines export under `name` now, read from one of them over HTTP (the oracle)."""
     for engine in list(engines.engines.values()):
-        text = engine_metrics(engine.url)
-        for line in text.splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                return float(line.rsplit(" ", 1)[1])
+        return next((sample.value for sample in samples(engine.url) if sample.name == name), None)
     return None
-
-
-def engine_metrics(url: str) -> str:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as answer:  # a pod's loopback address
-        text: str = answer.read().decode()
-        return text
 
 
 @pytest.mark.parametrize(("kind", "metric"), list(GAUGES), ids=lambda v: str(v))

@@ -16,8 +16,10 @@ kmock emulates an API server in memory over HTTP; kopf runs against it with thes
    the object's metadata alone, as from a real API server; kmock would send the whole object.
 7. In that view an object with `data` (a Secret) lists its data keys in `managedFields`, as a real API
    server's field manager records them (kmock records none), unless the object was stored with its own.
-8. An object created with `generateName` and no name gets a name, as from a real API server: kmock keeps
-   it nameless, so a second Event (kopf names them `kopf-event-...`) answered 409 and was lost.
+8. An object created with `generateName` and no name gets a name no other object has, as from a real API
+   server (which retries a random suffix that is taken): kmock keeps it nameless, so a second Event (kopf
+   names them `kopf-event-...`) answered 409 and was lost. A counter, not a random suffix: five random hex
+   digits collided among the malformed-objects test's thousand Events.
 9. A list answers its resourceVersion, and a watch from it leaves out the objects the list held, as a real
    API server's does: kmock's watch replays every object, and kopf, handling each twice, patched the second
    time with a stale version (422) and then waited for a change that never came.
@@ -102,6 +104,7 @@ class Emulator(kmock.KubernetesEmulator):
     """Adaptations 2 to 11."""
 
     _versions = itertools.count(1)
+    _generated_names = itertools.count(1)
 
     def __init__(self, *, log_requests: bool = True) -> None:
         super().__init__()
@@ -191,7 +194,7 @@ class Emulator(kmock.KubernetesEmulator):
             meta = data.setdefault("metadata", {})
             if request.action == kmock.action.CREATE:
                 if not meta.get("name") and meta.get("generateName"):
-                    meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+                    meta["name"] = f"{meta['generateName']}{next(self._generated_names):05x}"
                 meta.setdefault("uid", str(uuid.uuid4()))
                 meta.setdefault("creationTimestamp", datetime.datetime.now(datetime.UTC).isoformat())
                 meta["generation"] = 1

@@ -5,6 +5,7 @@ Ready only once its engine answers, and the operator reads queue and batch gauge
 from TGI, vLLM and SGLang.
 """
 
+import json
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,12 +78,9 @@ def placed(
 
 
 def deployment_replicas(kube: Kube, namespace: str, name: str) -> int | None:
+    # One GET: a second one could race the deletion this helper is used to wait for.
     found = kube.kubectl("get", "-n", namespace, f"deployment/{name}", "--ignore-not-found", "-o", "json")
-    return (
-        None
-        if not found.stdout
-        else int(get(kube, "-n", namespace, f"deployment/{name}")["spec"]["replicas"])
-    )
+    return int(json.loads(found.stdout)["spec"]["replicas"]) if found.stdout.strip() else None
 
 
 def event_reasons(kube: Kube, namespace: str) -> set[str]:

@@ -652,6 +652,26 @@ def test_engine_rules_agree_in_cel_and_models(spec: Obj, message: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "arg",
+    [
+        "--trust_remote_code",
+        "--no-trust-remote-code",
+        "--max-model=8",
+        "-qawq",
+        "-t",
+        "--rope-scaling.factor=8",
+    ],
+)
+def test_other_spellings_of_derived_flags_pass_the_api_server_and_are_refused_by_the_models(arg: str) -> None:
+    """The engines' parsers also take these for a derived flag (vLLM's `_`, argparse's prefixes, ...). The
+    API server's rule cannot afford to see them (no regex over extraArgs); the models, and so the
+    operator, refuse them (tests/test_engine_args.py finds them with the engines' parsers)."""
+    body = miner_with(engine={"kind": "vllm"}, model={"id": "m", "extraArgs": [arg]})
+    assert api_server_errors("QuasarMiner", body) == []
+    assert "spec.model: Value error, extraArgs cannot set flags the operator derives" in errors_of(body)
+
+
+@pytest.mark.parametrize(
     "spec",
     [
         {"engine": {"kind": "vllm", "api": "completions"}, "model": {**VLLM_MODEL, "quantize": "fp8"}},
@@ -660,7 +680,7 @@ def test_engine_rules_agree_in_cel_and_models(spec: Obj, message: str) -> None:
         # Flags that only start like managed ones are the user's.
         {
             "engine": {"kind": "vllm"},
-            "model": {"id": "m", "extraArgs": ["--model-impl=vllm", "--hosts", "-qq"]},
+            "model": {"id": "m", "extraArgs": ["--model-impl=vllm", "--hosts", "-pp", "--no-enforce-eager"]},
         },
         {"model": {"id": "m", "extraArgs": ["--cuda-memory-fraction=0.95"]}},  # as TGI specs always could
         {

@@ -34,6 +34,9 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 from quasar_operator.builders.miner import engine_args
 from quasar_operator.crds import CRD_DIR
 from quasar_operator.models import (
@@ -112,12 +115,10 @@ FLAGS = {"vllm": VLLM_FLAGS, "sglang": SGLANG_FLAGS}
 TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "json": json.loads, "str+": str}
 
 
-def parser(kind: str) -> argparse.ArgumentParser:
-    """A parser accepting exactly the engine's flags above, spelled in full. Stricter than the engines: both
-    take a unique prefix (argparse's default), and vLLM's FlexibleArgumentParser also `_` for `-` and
-    `--json-flag.key value`; the operator writes every flag in full (docs/crds.md: what extraArgs can
-    still override)."""
-    out = argparse.ArgumentParser(prog=kind, allow_abbrev=False, exit_on_error=False)
+def parser(kind: str, abbreviations: bool = False) -> argparse.ArgumentParser:
+    """A parser accepting exactly the engine's flags above: spelled in full (what the operator writes), or
+    with `abbreviations` also by a unique prefix, as argparse's default lets SGLang's parser (and vLLM's)."""
+    out = argparse.ArgumentParser(prog=kind, allow_abbrev=abbreviations, exit_on_error=False)
     if kind == "vllm":
         out.add_argument("model_tag")  # `vllm serve MODEL`
     for name, flag in FLAGS[kind].items():
@@ -138,6 +139,25 @@ def parse(kind: str, args: list[str]) -> argparse.Namespace:
     return namespace
 
 
+def parse_as_the_engine(kind: str, args: list[str]) -> argparse.Namespace | None:
+    """What the engine's own parser would make of `args`: unique prefixes taken, and for vLLM `_` read as
+    `-` in a flag's name (FlexibleArgumentParser); None where the engine would refuse them and not start."""
+    if kind == "vllm":
+        args = [_dashed(arg) for arg in args]
+    try:
+        namespace, unknown = parser(kind, abbreviations=True).parse_known_args(args)
+    except (argparse.ArgumentError, SystemExit):  # an ambiguous prefix exits, whatever exit_on_error says
+        return None
+    return None if unknown else namespace
+
+
+def _dashed(arg: str) -> str:
+    if not arg.startswith("--"):
+        return arg
+    name, sep, value = arg.partition("=")
+    return name.replace("_", "-") + sep + value
+
+
 def examples() -> dict[str, QuasarMinerSpec]:
     found = {}
     for path in sorted(Path(CRD_DIR / "examples").glob("quasarminer*.yaml")):
@@ -147,7 +167,7 @@ def examples() -> dict[str, QuasarMinerSpec]:
     return found
 
 
-def every_field(kind: str) -> QuasarMinerSpec:
+def every_field(kind: str, **model: Any) -> QuasarMinerSpec:
     return QuasarMinerSpec.model_validate(
         {
             "model": {
@@ -161,6 +181,7 @@ def every_field(kind: str) -> QuasarMinerSpec:
                 "trustRemoteCode": True,
                 "gpusPerReplica": 8,
                 "shards": 4,
+                **model,
             },
             "engine": {"kind": kind},
             "wallet": {"secretName": "w"},
@@ -241,6 +262,75 @@ def test_every_flag_the_operator_derives_is_refused_in_extra_args(kind: str) -> 
     guarded = set(MANAGED_ENGINE_FLAGS) | set(MEMORY_FRACTION_FLAGS)
     for name in derived:
         assert spellings(kind, name) <= guarded, f"{kind}: {name} can be repeated through extraArgs"
+
+
+def options(kind: str) -> list[tuple[str, Flag]]:
+    """Every name of every flag in the engine's table, with its flag."""
+    return [(name, flag) for canonical, flag in FLAGS[kind].items() for name in (canonical, *flag.aliases)]
+
+
+VALUES: dict[str, st.SearchStrategy[str]] = {
+    "int": st.sampled_from(["2", "3"]),
+    "float": st.sampled_from(["0.5", "0.9"]),
+    "str": st.sampled_from(["x", "main"]),
+    "str+": st.just("x"),
+    "json": st.sampled_from(["{}", '{"rope_type":"linear","factor":2.0}']),
+}
+
+
+@st.composite
+def spelled(draw: st.DrawFn, kind: str) -> list[str]:
+    """One flag of the engine's table as extraArgs might spell it: any of its names, vLLM's underscores, a
+    boolean's negation, any prefix of it, its value next, after `=` or (a short flag) attached."""
+    name, flag = draw(st.sampled_from(options(kind)))
+    long = name.startswith("--")
+    if long and kind == "vllm" and flag.value == "bool" and draw(st.booleans()):
+        name = "--no-" + name[2:]
+    if long and kind == "vllm" and draw(st.booleans()):
+        name = "--" + name[2:].replace("-", "_")
+    name = name[: draw(st.integers(min_value=3 if long else 2, max_value=len(name)))]
+    if flag.value == "bool":
+        return [name]
+    value = draw(st.sampled_from(flag.choices) if flag.choices else VALUES[flag.value])
+    form = draw(st.sampled_from(["next", "equals"] if long else ["next", "equals", "attached"]))
+    return {"next": [name, value], "equals": [f"{name}={value}"], "attached": [name + value]}[form]
+
+
+def derived(kind: str, namespace: argparse.Namespace) -> dict[str, Any]:
+    """The parsed values of every flag the operator derives from the spec, by argparse's name for them."""
+    guarded = set(MANAGED_ENGINE_FLAGS) | set(MEMORY_FRACTION_FLAGS)
+    names = [c for c, flag in FLAGS[kind].items() if {c, *flag.aliases} & guarded]
+    return {name: getattr(namespace, name.lstrip("-").replace("-", "_")) for name in names}
+
+
+@pytest.mark.parametrize("kind", sorted(FLAGS))
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), trust=st.booleans())
+def test_extra_args_that_change_a_derived_flag_are_refused_in_every_spelling(
+    kind: str, data: st.DataObject, trust: bool
+) -> None:
+    """The engine's own parser is the oracle: whenever the built arguments followed by extraArgs give a
+    derived flag another value than the built arguments alone, the models (so the operator) refuse the
+    spec. The API server's rule sees the documented spellings only (tests/test_crds.py)."""
+    extra = [arg for flag in data.draw(st.lists(spelled(kind), min_size=1, max_size=3)) for arg in flag]
+    built = engine_args(every_field(kind, trustRemoteCode=trust))
+    alone, followed = parse_as_the_engine(kind, built), parse_as_the_engine(kind, [*built, *extra])
+    assert alone is not None
+    if followed is None or derived(kind, followed) == derived(kind, alone):
+        return  # the engine would not start, or the spec's flags keep their values
+    with pytest.raises(ValidationError, match="extraArgs cannot set"):
+        every_field(kind, trustRemoteCode=trust, extraArgs=extra)
+
+
+@pytest.mark.parametrize("kind", sorted(FLAGS))
+def test_the_engines_other_flags_stay_the_users_in_extra_args(kind: str) -> None:
+    """Refusing every spelling of a derived flag refuses none of the engine's other flags."""
+    guarded = set(MANAGED_ENGINE_FLAGS) | set(MEMORY_FRACTION_FLAGS)
+    for canonical, flag in FLAGS[kind].items():
+        if {canonical, *flag.aliases} & guarded:
+            continue
+        for name in (canonical, *flag.aliases):
+            every_field(kind, extraArgs=[name] if flag.value == "bool" else [f"{name}=x", name, "x"])
 
 
 @pytest.mark.parametrize("kind", sorted(FLAGS))

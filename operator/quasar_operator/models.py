@@ -349,8 +349,32 @@ def _sets_flag_cel(flags: Iterable[str]) -> str:
 
 
 def _sets_flag(args: Iterable[str], flags: Iterable[str]) -> bool:
-    """What `_sets_flag_cel` says, for the models."""
-    return any(a.split("=", 1)[0] in flags for a in args)
+    """Whether an arg sets one of `flags` as the engines' parsers read it.
+
+    Stricter than `_sets_flag_cel`, which sees the spellings the engines document (`--flag`,
+    `--flag=value`): the parsers also take vLLM's `_` for `-` (`--trust_remote_code`) and `--flag.key`
+    for JSON flags, argparse's unique prefixes (`--max-model`, `-t` for `-tp`), a boolean's negation
+    (`--no-trust-remote-code`) and a short flag's attached value (`-qawq`). The API server cannot afford
+    those checks (no regex over extraArgs); the operator refuses them instead of building the pods."""
+    names = [_flag_name(a) for a in args if a.startswith("-")]
+    return any(_names_flag(name, flag) for name in names for flag in flags)
+
+
+def _flag_name(arg: str) -> str:
+    """The option an argument names, spelled as the flags are listed: dashes, no value, no negation."""
+    name = arg.split("=", 1)[0]
+    if not name.startswith("--"):
+        return name
+    name = "--" + name[2:].split(".", 1)[0].replace("_", "-")
+    return "--" + name[len("--no-") :] if name.startswith("--no-") else name
+
+
+def _names_flag(name: str, flag: str) -> bool:
+    """Whether the option `name` is `flag`, a prefix argparse would expand to it, or (a short flag) the
+    flag with its value attached."""
+    if flag.startswith("--"):
+        return len(name) > 2 and flag.startswith(name)
+    return len(name) > 1 and not name.startswith("--") and (name.startswith(flag) or flag.startswith(name))
 
 
 _EXTRA_ARGS = Rule(

@@ -89,9 +89,10 @@ FULL: dict[str, Any] = {
         "image": "example.com/quasar:dev",
         "imagePullPolicy": "Never",
         "resources": {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}},
-        "args": ["--engine.timeout", "1800"],
+        "args": ["--miner.max_new_tokens", "512"],
         "debug": True,
         "minStake": 500,
+        "engineTimeoutSeconds": 1800,
     },
     "pod": {
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
@@ -361,7 +362,8 @@ def test_sidecar_flags_all_exist_in_the_miners_parser() -> None:
     assert args.model_name == "Qwen/Qwen2.5-14B-Instruct-1M"
     assert args.min_stake == 500
     assert args.debug is True
-    assert args.engine_timeout == 1800  # from neuron.args, appended last
+    assert args.engine_timeout == 1800
+    assert args.max_new_tokens == 512  # from neuron.args, appended last
 
 
 def test_sidecar_defaults_parse_too() -> None:
@@ -692,10 +694,12 @@ def canonical_sha256(objects: list[dict[str, Any]]) -> str:
 # (commit dfe6933): an object written then must keep exactly its pods. Changed once on purpose since: the
 # miner's metrics moved off the axon port (its container's --metrics.host/--metrics.port flags and
 # miner-metrics port, the metrics Service's miner-metrics port); with those undone the objects hashed as
-# at dfe6933 (d362bc6f..., 79f1dbb8...).
+# at dfe6933 (d362bc6f..., 79f1dbb8...). And the full example's neuron.args repeated `--engine.kind=tgi`,
+# which neuron.args may no longer set (a flag the operator derives); it passes `--miner.max_new_tokens=512`
+# instead, and with that one argument undone the objects hash as before (6d6113ef...).
 TGI_EXAMPLE_OBJECTS = {
     "quasarminer.yaml": "6a230afc3f7f4de49200fee45b77edaa4b1c329fb34e960ee6503373279691cd",
-    "quasarminer-full.yaml": "6d6113ef841be6d3741b5f2cd56bbe9afd6a002ba8c181af5893f47c029e3295",
+    "quasarminer-full.yaml": "68264ceef56bd3d676105d274e49c35d6323fd67c1e967b1c9d727852c08194e",
 }
 
 

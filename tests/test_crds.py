@@ -271,11 +271,14 @@ def test_cel_rules() -> None:
         "spec.placement": 1,
         "spec.placement.pools[].model": 2,
         "spec.autoscaling": 1,
+        "spec.neuron": 1,
     }
     assert sum("self.engine.kind" in rule for rule in miner["spec"]) == 5
     # No regular expression over extraArgs: the API server prices a match at string length x pattern length.
     assert not any("matches(" in rule for found in miner.values() for rule in found)
-    assert rules(crds.validator_crd()) == {
+    validator = rules(crds.validator_crd())
+    assert validator.pop("spec.neuron")[0].startswith("!has(self.args) || self.args.all(a, !['--netuid'")
+    assert validator == {
         "spec.data": ["!self.path.startsWith('/') && !self.path.contains('..')"],
         "spec.wandb": ["self.mode != 'online' || has(self.apiKeySecret)"],
     }
@@ -481,6 +484,10 @@ def test_missing_wallet_is_rejected_by_models_and_schema() -> None:
             "spec.wallet.coldkey: Extra inputs are not permitted",
         ),
         ({"replica": 2}, "spec.replica: Extra inputs are not permitted"),
+        (
+            {"neuron": {"args": ["--miner.max_new_tokens=512", "--axon.external_port=9"]}},
+            "spec.neuron: Value error, args cannot set flags the operator derives from the spec",
+        ),
     ],
 )
 def test_bad_miner_specs(spec: Obj, expected: str) -> None:
@@ -502,6 +509,10 @@ def test_bad_miner_specs(spec: Obj, expected: str) -> None:
         ({"wandb": {"mode": "online"}}, "spec.wandb: Value error, mode online needs apiKeySecret"),
         ({"data": {"existingClaim": "d", "path": "../etc"}}, "spec.data: Value error, path must be relative"),
         ({"movingAverageAlpha": 0}, "spec.movingAverageAlpha: Input should be greater than 0"),
+        (
+            {"neuron": {"args": ["--neuron.state_path", "/tmp/state.json"]}},
+            "spec.neuron: Value error, args cannot set flags the operator derives from the spec",
+        ),
     ],
 )
 def test_bad_validator_specs(spec: Obj, expected: str) -> None:

@@ -349,19 +349,28 @@ def _sets_flag_cel(flags: Iterable[str]) -> str:
 
 
 def _sets_flag(args: Iterable[str], flags: Iterable[str]) -> bool:
-    """Whether an arg sets one of `flags` as the engines' parsers read it.
+    """Whether an arg sets one of `flags` as the engines' parsers read them.
 
     Stricter than `_sets_flag_cel`, which sees the spellings the engines document (`--flag`,
     `--flag=value`): the parsers also take vLLM's `_` for `-` (`--trust_remote_code`) and `--flag.key`
     for JSON flags, argparse's unique prefixes (`--max-model`, `-t` for `-tp`), a boolean's negation
     (`--no-trust-remote-code`) and a short flag's attached value (`-qawq`). The API server cannot afford
     those checks (no regex over extraArgs); the operator refuses them instead of building the pods."""
-    names = [_flag_name(a) for a in args if a.startswith("-")]
+    return _names_any([_engine_flag_name(a) for a in args if a.startswith("-")], flags)
+
+
+def _sets_neuron_flag(args: Iterable[str], flags: Iterable[str]) -> bool:
+    """Whether an arg sets one of `flags` as the neurons' parsers (argparse, prefixes taken) read them."""
+    return _names_any([a.split("=", 1)[0] for a in args if a.startswith("-")], flags)
+
+
+def _names_any(names: list[str], flags: Iterable[str]) -> bool:
     return any(_names_flag(name, flag) for name in names for flag in flags)
 
 
-def _flag_name(arg: str) -> str:
-    """The option an argument names, spelled as the flags are listed: dashes, no value, no negation."""
+def _engine_flag_name(arg: str) -> str:
+    """The option an engine argument names, spelled as the flags are listed: dashes, no value, no
+    negation."""
     name = arg.split("=", 1)[0]
     if not name.startswith("--"):
         return name
@@ -692,8 +701,69 @@ class CacheSpec(_Base):
         return self
 
 
+# `quasar miner` and `quasar validator` flags the operator derives from the spec: every one a field sets,
+# whether set or not (the field is the way to set it). Repeated in neuron.args, one would win (argparse
+# keeps the last) and the spec would lie: a miner announcing another port, a validator keeping its state
+# off its volume.
+_SUBNET_AND_WALLET_FLAGS = (
+    "--netuid",
+    "--subtensor.network",
+    "--subtensor.chain_endpoint",
+    "--wallet.name",
+    "--wallet.hotkey",
+    "--wallet.path",
+)
+MINER_NEURON_FLAGS = (
+    *_SUBNET_AND_WALLET_FLAGS,
+    "--axon.port",
+    "--axon.external_ip",
+    "--axon.external_port",
+    "--metrics.host",
+    "--metrics.port",
+    "--engine.url",
+    "--engine.kind",
+    "--engine.api",
+    "--engine.timeout",
+    "--miner.model_name",
+    "--blacklist.min_stake",
+    "--logging.debug",
+)
+VALIDATOR_NEURON_FLAGS = (
+    *_SUBNET_AND_WALLET_FLAGS,
+    "--neuron.sample_size",
+    "--neuron.timeout",
+    "--neuron.epoch_length",
+    "--neuron.moving_average_alpha",
+    "--neuron.tasks",
+    "--neuron.bucket_weights",
+    "--neuron.tokenizer",
+    "--neuron.data",
+    "--neuron.state_path",
+    "--metrics.port",
+    "--wandb.off",
+    "--wandb.project",
+    "--wandb.entity",
+    "--logging.debug",
+)
+
+
+def _neuron_args_rule(flags: tuple[str, ...]) -> Rule:
+    return Rule(
+        rule=f"!has(self.args) || self.args.all(a, !{_sets_flag_cel(flags)})",
+        message="args cannot set flags the operator derives from the spec (set its fields instead): "
+        + ", ".join(flags),
+        field_path=".args",
+    )
+
+
+_MINER_NEURON_ARGS = _neuron_args_rule(MINER_NEURON_FLAGS)
+_VALIDATOR_NEURON_ARGS = _neuron_args_rule(VALIDATOR_NEURON_FLAGS)
+
+
 class MinerNeuronSpec(NeuronSpec):
     """The miner sidecar (`quasar miner`): talks to the engine on localhost."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(_MINER_NEURON_ARGS))
 
     min_stake: float | None = Field(
         None, ge=0, description="Least stake a validator needs to be served (`--blacklist.min_stake`)."
@@ -701,6 +771,22 @@ class MinerNeuronSpec(NeuronSpec):
     engine_timeout_seconds: int | None = Field(
         None, ge=1, description="Most seconds one generation may take (`--engine.timeout`)."
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> MinerNeuronSpec:
+        _enforce((_sets_neuron_flag(self.args, MINER_NEURON_FLAGS), _MINER_NEURON_ARGS))
+        return self
+
+
+class ValidatorNeuronSpec(NeuronSpec):
+    """The validator (`quasar validator`)."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(_VALIDATOR_NEURON_ARGS))
+
+    @model_validator(mode="after")
+    def _check(self) -> ValidatorNeuronSpec:
+        _enforce((_sets_neuron_flag(self.args, VALIDATOR_NEURON_FLAGS), _VALIDATOR_NEURON_ARGS))
+        return self
 
 
 def _default(model: type[BaseModel]) -> Any:
@@ -1152,7 +1238,7 @@ class QuasarValidatorSpec(_Base):
 
     wallet: WalletSpec = Field(description="The validator's hotkey.")
     subnet: SubnetSpec = Field(description="The subnet to validate.")
-    neuron: NeuronSpec = _default(NeuronSpec)
+    neuron: ValidatorNeuronSpec = _default(ValidatorNeuronSpec)
     tasks: TaskWeights | None = Field(
         None,
         description="Tasks and their weights (`--neuron.tasks`); default: the validator's.",

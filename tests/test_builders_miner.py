@@ -739,7 +739,8 @@ ENGINE_FLAGS = {
         "--quantization": "fp8",
         "--dtype": "bfloat16",
         "--max-model-len": "262144",
-        "--rope-scaling": '{"rope_type":"yarn","factor":4.0,"original_max_position_embeddings":262144}',
+        "--hf-overrides": '{"rope_scaling":{"rope_type":"yarn","factor":4.0,'
+        '"original_max_position_embeddings":262144}}',
         "--gpu-memory-utilization": "0.9",
         "--host": "0.0.0.0",
         "--port": "8000",

@@ -670,7 +670,7 @@ def test_engine_rules_agree_in_cel_and_models(spec: Obj, message: str) -> None:
         "--max-model=8",
         "-qawq",
         "-t",
-        "--rope-scaling.factor=8",
+        "--hf_overrides.rope_scaling.factor=8",
     ],
 )
 def test_other_spellings_of_derived_flags_pass_the_api_server_and_are_refused_by_the_models(arg: str) -> None:

@@ -73,7 +73,6 @@ VLLM_FLAGS: dict[str, Flag] = {
     "--quantization": Flag("str", ("-q",), VLLM_QUANTIZATION),
     "--dtype": Flag("str", choices=DTYPES),
     "--max-model-len": Flag("int"),
-    "--rope-scaling": Flag("json"),
     "--hf-overrides": Flag("json"),
     "--gpu-memory-utilization": Flag("float"),
     "--trust-remote-code": Flag("bool"),
@@ -211,7 +210,7 @@ def test_the_engine_parses_every_argument_built_and_reads_the_spec_back(spec: Qu
             model.max_total_tokens,
             model.gpu_memory_fraction,
         )
-        rope = parsed.rope_scaling
+        rope = (parsed.hf_overrides or {}).get("rope_scaling")
     else:
         assert parsed.model_path == model.id
         assert (parsed.context_length, parsed.mem_fraction_static) == (

@@ -89,6 +89,7 @@ MANAGED_ENGINE_FLAGS = (
     "--tp-size",
     "--context-length",
     "--json-model-override-args",
+    "--hf-overrides",
 )
 # The GPU memory fraction flags, managed only when model.gpuMemoryFraction is set (TGI specs have long passed
 # --cuda-memory-fraction in extraArgs).

@@ -30,7 +30,10 @@ def args(spec: QuasarMinerSpec) -> list[str]:
     if model.max_total_tokens is not None:
         out += ["--max-model-len", str(model.max_total_tokens)]
     if model.rope_scaling is not None:
-        out += ["--rope-scaling", json.dumps(rope_scaling_config(model.rope_scaling), separators=(",", ":"))]
+        # Into the model's config, as SGLang's --json-model-override-args: vLLM 0.11 has no --rope-scaling
+        # (its real parser refuses the flag; tests/test_engine_args.py).
+        overrides = {"rope_scaling": rope_scaling_config(model.rope_scaling)}
+        out += ["--hf-overrides", json.dumps(overrides, separators=(",", ":"))]
     if model.gpu_memory_fraction is not None:
         out += ["--gpu-memory-utilization", number(model.gpu_memory_fraction)]
     if model.trust_remote_code:

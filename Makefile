@@ -3,7 +3,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint typecheck unit cluster e2e
+.PHONY: install run test lint typecheck unit engine-parsers cluster e2e
 install: $(VENV)/.installed
 
 # checkov (the chart's and images' security checks) lives in a venv of its own: its pins would downgrade
@@ -32,8 +32,13 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
+unit: install engine-parsers
 	$(BIN)/pytest
+
+# vLLM's own argument parser, which the tests run over the engine flags the operator builds: a venv of its own
+# (about 11 GB), cached in ~/.cache/quasar/engine-parsers for every clone on the machine.
+engine-parsers: install
+	$(BIN)/python scripts/engine_parsers/install.py
 
 test: lint typecheck unit e2e
 

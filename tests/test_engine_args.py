@@ -1,10 +1,11 @@
 """The engine flags the operator builds, checked against each engine's own flags.
 
-vLLM and SGLang do not install here (CUDA builds of torch and their GPU kernels), so their parsers cannot
-run. Instead, the flags they define were read from their source and are written below as data: a flag
-table per engine, with the type of each flag's value and, where the engine restricts it, its choices. A
-parser is assembled from each table (no abbreviations, unknown flags refused) and fed the arguments the
-builders produce for every example in crds/examples and for specs that set every model field.
+The flags each engine defines were read from its source and are written below as data: a flag table per
+engine, with the type of each flag's value and, where the engine restricts it, its choices. A parser is
+assembled from each table (no abbreviations, unknown flags refused) and fed the arguments the builders
+produce for every example in crds/examples and for specs that set every model field. vLLM also installs
+here (scripts/engine_parsers/), so its own parser checks the same arguments and the table itself (the end
+of this file); SGLang's table stands alone.
 
 Sources (read, not copied):
 
@@ -28,6 +29,8 @@ pods byte for byte to what they were.
 
 import argparse
 import json
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +46,12 @@ from quasar_operator.models import (
     ENGINE_QUANTIZE,
     MANAGED_ENGINE_FLAGS,
     MEMORY_FRACTION_FLAGS,
+    VLLM_IMAGE,
     QuasarMinerSpec,
 )
+
+from scripts.engine_parsers import install as engine_parsers
+from tests.tools import REPO
 
 
 @dataclass(frozen=True)
@@ -201,30 +208,30 @@ def test_the_seed_examples_cover_both_openai_engines() -> None:
 
 @pytest.mark.parametrize("spec", SPECS.values(), ids=SPECS.keys())
 def test_the_engine_parses_every_argument_built_and_reads_the_spec_back(spec: QuasarMinerSpec) -> None:
+    assert_reads_back(spec, parse(spec.engine.kind, engine_args(spec)))
+
+
+def assert_reads_back(spec: QuasarMinerSpec, parsed: argparse.Namespace) -> None:
+    """What the engine would run with, parsed from the built arguments, is what the spec says."""
     kind, model = spec.engine.kind, spec.model
-    parsed = parse(kind, engine_args(spec))
-    # What the engine would run with is what the spec says.
     if kind == "vllm":
         assert parsed.model_tag == model.id
-        assert (parsed.max_model_len, parsed.gpu_memory_utilization) == (
-            model.max_total_tokens,
-            model.gpu_memory_fraction,
-        )
-        rope = (parsed.hf_overrides or {}).get("rope_scaling")
+        context, memory = parsed.max_model_len, parsed.gpu_memory_utilization
+        rope: Any = (parsed.hf_overrides or {}).get("rope_scaling")
     else:
         assert parsed.model_path == model.id
-        assert (parsed.context_length, parsed.mem_fraction_static) == (
-            model.max_total_tokens,
-            model.gpu_memory_fraction,
-        )
+        context, memory = parsed.context_length, parsed.mem_fraction_static
         assert parsed.enable_metrics  # the autoscaling gauges
         rope = (parsed.json_model_override_args or {}).get("rope_scaling")
+    assert model.max_total_tokens is None or context == model.max_total_tokens
+    assert model.gpu_memory_fraction is None or memory == model.gpu_memory_fraction
     assert parsed.tensor_parallel_size == (model.shards or model.gpus_per_replica)
-    assert (parsed.quantization, parsed.dtype, parsed.revision) == (
-        model.quantize,
-        model.dtype,
-        model.revision,
-    )
+    for read, written in (
+        (parsed.quantization, model.quantize),
+        (parsed.dtype, model.dtype),
+        (parsed.revision, model.revision),
+    ):
+        assert written is None or read == written  # unset: the engine's default
     assert bool(parsed.trust_remote_code) == model.trust_remote_code
     assert (parsed.host, parsed.port) == ("0.0.0.0", spec.engine.container_port)
     if model.rope_scaling is None:
@@ -338,3 +345,104 @@ def test_the_parsers_refuse_what_the_engines_refuse(kind: str) -> None:
     for bad in (["--no-such-flag"], ["--dtype", "fp64"], ["--quantization", "exl2"], ["--port", "eighty"]):
         with pytest.raises((argparse.ArgumentError, AssertionError)):
             parse(kind, [*args, *bad])
+
+
+# ---------------------------------------------------------------------------------------- vLLM's own parser
+# `vllm serve`'s parser itself, at the default image's version (scripts/engine_parsers/: installed by
+# `make engine-parsers`, which `make test` runs), over the same arguments: the built ones, the flag table
+# above, and extraArgs spelled every way the parser takes them. All in one run of it (its import takes
+# seconds).
+
+VALUE_OF = {"int": "3", "float": "0.5", "str": "x", "str+": "x", "json": '{"rope_scaling":{"factor":2.0}}'}
+
+
+def vllm_spellings() -> list[list[str]]:
+    """extraArgs to follow every_field("vllm")'s arguments: each table flag in full, with `_` for `-`, cut
+    to prefixes, negated (booleans), and a short flag's value attached."""
+    cases = []
+    for name, flag in options("vllm"):
+        names = {name, name[:-1], name[: max(3, len(name) // 2)]}
+        if name.startswith("--"):
+            names.add("--" + name[2:].replace("-", "_"))
+            if flag.value == "bool":
+                names.add("--no-" + name[2:])
+        for spelled in sorted(names):
+            if flag.value == "bool":
+                cases.append([spelled])
+                continue
+            value = value_for(flag)
+            cases += [[spelled, value], [f"{spelled}={value}"]]
+            if not spelled.startswith("--"):
+                cases.append([spelled + value])
+    return cases
+
+
+def value_for(flag: Flag) -> str:
+    """A value the flag takes, other than every_field's."""
+    return flag.choices[0] if flag.choices else VALUE_OF[flag.value]
+
+
+VLLM_SPECS = {name: spec for name, spec in SPECS.items() if spec.engine.kind == "vllm"}
+TABLE_CASES = [["m", name] if f.value == "bool" else ["m", name, value_for(f)] for name, f in options("vllm")]
+
+
+@pytest.fixture(scope="module")
+def vllm_parsed() -> dict[str, list[dict[str, Any]]]:
+    """vLLM's parser's reading of the built arguments, the table's flags and the extraArgs spellings."""
+    python = engine_parsers.vllm_python()
+    if not python.exists():
+        pytest.fail(f"vLLM's parser is not installed ({python}): run `make engine-parsers`")
+    built = engine_args(every_field("vllm"))
+    batches = {
+        "specs": [engine_args(spec) for spec in VLLM_SPECS.values()],
+        "table": TABLE_CASES,
+        "alone": [built],
+        "spellings": [[*built, *extra] for extra in vllm_spellings()],
+    }
+    lists = [args for batch in batches.values() for args in batch]
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "parsed.json"
+        subprocess.run(
+            [str(python), str(REPO / "scripts" / "engine_parsers" / "vllm_parse.py"), str(out)],
+            input=json.dumps(lists),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
+        results = json.loads(out.read_text(encoding="utf-8"))
+    found, start = {}, 0
+    for name, batch in batches.items():
+        found[name], start = results[start : start + len(batch)], start + len(batch)
+    return found
+
+
+def test_the_parser_checked_is_the_default_images() -> None:
+    assert f"vllm/vllm-openai:v{engine_parsers.VLLM_VERSION}" == VLLM_IMAGE
+
+
+def test_vllms_own_parser_reads_every_built_spec_back(vllm_parsed: dict[str, list[dict[str, Any]]]) -> None:
+    for (name, spec), result in zip(VLLM_SPECS.items(), vllm_parsed["specs"], strict=True):
+        assert "flags" in result, f"{name}: {result}"
+        assert_reads_back(spec, argparse.Namespace(**result["flags"]))
+
+
+def test_the_flag_table_is_vllms(vllm_parsed: dict[str, list[dict[str, Any]]]) -> None:
+    results = zip(TABLE_CASES, vllm_parsed["table"], strict=True)
+    assert [(args, result["error"]) for args, result in results if "error" in result] == []
+
+
+def test_extra_args_vllm_reads_as_a_derived_flag_are_refused(
+    vllm_parsed: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The property test above with vLLM's parser as the oracle, over spellings made from the table."""
+    (alone,) = vllm_parsed["alone"]
+    expected = derived("vllm", argparse.Namespace(**alone["flags"]))
+    refused = 0
+    for extra, result in zip(vllm_spellings(), vllm_parsed["spellings"], strict=True):
+        if "error" in result or derived("vllm", argparse.Namespace(**result["flags"])) == expected:
+            continue  # vLLM would not start, or the spec's flags keep their values
+        with pytest.raises(ValidationError, match="extraArgs cannot set"):
+            every_field("vllm", extraArgs=extra)
+        refused += 1
+    assert refused > 50  # the spellings do reach the derived flags

@@ -35,8 +35,8 @@ typecheck: install
 unit: install engine-parsers
 	$(BIN)/pytest
 
-# vLLM's own argument parser, which the tests run over the engine flags the operator builds: a venv of its own
-# (about 11 GB), cached in ~/.cache/quasar/engine-parsers for every clone on the machine.
+# vLLM's and SGLang's own argument parsers, which the tests run over the engine flags the operator builds: a
+# venv each (about 21 GB in all), cached in ~/.cache/quasar/engine-parsers for every clone on the machine.
 engine-parsers: install
 	$(BIN)/python scripts/engine_parsers/install.py
 

@@ -3,9 +3,9 @@
 The flags each engine defines were read from its source and are written below as data: a flag table per
 engine, with the type of each flag's value and, where the engine restricts it, its choices. A parser is
 assembled from each table (no abbreviations, unknown flags refused) and fed the arguments the builders
-produce for every example in crds/examples and for specs that set every model field. vLLM also installs
-here (scripts/engine_parsers/), so its own parser checks the same arguments and the table itself (the end
-of this file); SGLang's table stands alone.
+produce for every example in crds/examples and for specs that set every model field. Both engines also
+install here (scripts/engine_parsers/), so their own parsers check the same arguments and the tables
+themselves (the end of this file).
 
 Sources (read, not copied):
 
@@ -46,6 +46,7 @@ from quasar_operator.models import (
     ENGINE_QUANTIZE,
     MANAGED_ENGINE_FLAGS,
     MEMORY_FRACTION_FLAGS,
+    SGLANG_IMAGE,
     VLLM_IMAGE,
     QuasarMinerSpec,
 )
@@ -98,6 +99,10 @@ SGLANG_QUANTIZATION = (
     "modelopt_fp8", "modelopt_fp4", "petit_nvfp4", "w8a8_int8", "w8a8_fp8", "moe_wna16", "qoq", "w4afp8",
     "mxfp4", "auto-round", "compressed-tensors",
 )  # fmt: skip
+SGLANG_REASONING_PARSERS = (
+    "deepseek-r1", "deepseek-v3", "glm45", "gpt-oss", "kimi", "kimi_k2", "qwen3", "qwen3-thinking", "minimax",
+    "minimax-append-think", "step3",
+)  # fmt: skip
 SGLANG_FLAGS: dict[str, Flag] = {
     "--model-path": Flag("str", ("--model",)),
     "--host": Flag("str"),
@@ -114,7 +119,8 @@ SGLANG_FLAGS: dict[str, Flag] = {
     "--served-model-name": Flag("str"),
     "--max-running-requests": Flag("int"),
     "--chunked-prefill-size": Flag("int"),
-    "--reasoning-parser": Flag("str"),
+    # Choices found by SGLang's own parser (the end of this file), which the table had missed.
+    "--reasoning-parser": Flag("str", choices=SGLANG_REASONING_PARSERS),
 }
 
 FLAGS = {"vllm": VLLM_FLAGS, "sglang": SGLANG_FLAGS}
@@ -347,22 +353,28 @@ def test_the_parsers_refuse_what_the_engines_refuse(kind: str) -> None:
             parse(kind, [*args, *bad])
 
 
-# ---------------------------------------------------------------------------------------- vLLM's own parser
-# `vllm serve`'s parser itself, at the default image's version (scripts/engine_parsers/: installed by
-# `make engine-parsers`, which `make test` runs), over the same arguments: the built ones, the flag table
-# above, and extraArgs spelled every way the parser takes them. All in one run of it (its import takes
+# ----------------------------------------------------------------------------------- the engines' own parsers
+# vLLM's and SGLang's parsers themselves, at the default images' versions (scripts/engine_parsers/: installed
+# by `make engine-parsers`, which `make test` runs), over the same arguments: the built ones, the flag
+# tables above, and extraArgs spelled every way the parsers take them. One run of each (its import takes
 # seconds).
 
 VALUE_OF = {"int": "3", "float": "0.5", "str": "x", "str+": "x", "json": '{"rope_scaling":{"factor":2.0}}'}
+KINDS = sorted(FLAGS)
 
 
-def vllm_spellings() -> list[list[str]]:
-    """extraArgs to follow every_field("vllm")'s arguments: each table flag in full, with `_` for `-`, cut
-    to prefixes, negated (booleans), and a short flag's value attached."""
+def value_for(flag: Flag) -> str:
+    """A value the flag takes, other than every_field's."""
+    return flag.choices[0] if flag.choices else VALUE_OF[flag.value]
+
+
+def extra_spellings(kind: str) -> list[list[str]]:
+    """extraArgs to follow every_field(kind)'s arguments: each table flag in full, cut to prefixes, with a
+    short flag's value attached, and for vLLM with `_` for `-` and negated (booleans)."""
     cases = []
-    for name, flag in options("vllm"):
+    for name, flag in options(kind):
         names = {name, name[:-1], name[: max(3, len(name) // 2)]}
-        if name.startswith("--"):
+        if name.startswith("--") and kind == "vllm":
             names.add("--" + name[2:].replace("-", "_"))
             if flag.value == "bool":
                 names.add("--no-" + name[2:])
@@ -377,38 +389,49 @@ def vllm_spellings() -> list[list[str]]:
     return cases
 
 
-def value_for(flag: Flag) -> str:
-    """A value the flag takes, other than every_field's."""
-    return flag.choices[0] if flag.choices else VALUE_OF[flag.value]
+def table_cases(kind: str) -> list[list[str]]:
+    """Each table flag alone, after the model."""
+    model = ["m"] if kind == "vllm" else ["--model-path", "m"]
+    return [
+        [*model, name] if f.value == "bool" else [*model, name, value_for(f)] for name, f in options(kind)
+    ]
 
 
-VLLM_SPECS = {name: spec for name, spec in SPECS.items() if spec.engine.kind == "vllm"}
-TABLE_CASES = [["m", name] if f.value == "bool" else ["m", name, value_for(f)] for name, f in options("vllm")]
+def specs_of(kind: str) -> dict[str, QuasarMinerSpec]:
+    return {name: spec for name, spec in SPECS.items() if spec.engine.kind == kind}
+
+
+Parsed = dict[str, list[dict[str, Any]]]
 
 
 @pytest.fixture(scope="module")
-def vllm_parsed() -> dict[str, list[dict[str, Any]]]:
-    """vLLM's parser's reading of the built arguments, the table's flags and the extraArgs spellings."""
-    python = engine_parsers.vllm_python()
+def engines_parsed() -> dict[str, Parsed]:
+    """Each engine's reading of the built arguments, the table's flags and the extraArgs spellings."""
+    return {kind: _parsed_by(kind) for kind in KINDS}
+
+
+def _parsed_by(kind: str) -> Parsed:
+    python = engine_parsers.python(kind)
     if not python.exists():
-        pytest.fail(f"vLLM's parser is not installed ({python}): run `make engine-parsers`")
-    built = engine_args(every_field("vllm"))
+        pytest.fail(f"{kind}'s parser is not installed ({python}): run `make engine-parsers`")
+    built = engine_args(every_field(kind))
     batches = {
-        "specs": [engine_args(spec) for spec in VLLM_SPECS.values()],
-        "table": TABLE_CASES,
+        "specs": [engine_args(spec) for spec in specs_of(kind).values()],
+        "table": table_cases(kind),
         "alone": [built],
-        "spellings": [[*built, *extra] for extra in vllm_spellings()],
+        "spellings": [[*built, *extra] for extra in extra_spellings(kind)],
     }
     lists = [args for batch in batches.values() for args in batch]
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "parsed.json"
         subprocess.run(
-            [str(python), str(REPO / "scripts" / "engine_parsers" / "vllm_parse.py"), str(out)],
+            [str(python), "-m", f"scripts.engine_parsers.{kind}_parse", str(out)],
             input=json.dumps(lists),
             capture_output=True,
             text=True,
             check=True,
             timeout=600,
+            cwd=REPO,
         )
         results = json.loads(out.read_text(encoding="utf-8"))
     found, start = {}, 0
@@ -417,32 +440,47 @@ def vllm_parsed() -> dict[str, list[dict[str, Any]]]:
     return found
 
 
-def test_the_parser_checked_is_the_default_images() -> None:
-    assert f"vllm/vllm-openai:v{engine_parsers.VLLM_VERSION}" == VLLM_IMAGE
+def namespace(flags: dict[str, Any]) -> argparse.Namespace:
+    """The engine's reading as the table parsers give it: SGLang keeps JSON flags as strings."""
+    override = flags.get("json_model_override_args")
+    if isinstance(override, str) and override:
+        flags = {**flags, "json_model_override_args": json.loads(override)}
+    return argparse.Namespace(**flags)
 
 
-def test_vllms_own_parser_reads_every_built_spec_back(vllm_parsed: dict[str, list[dict[str, Any]]]) -> None:
-    for (name, spec), result in zip(VLLM_SPECS.items(), vllm_parsed["specs"], strict=True):
+def test_the_parsers_checked_are_the_default_images() -> None:
+    assert f"vllm/vllm-openai:v{engine_parsers.PINS['vllm']}" == VLLM_IMAGE
+    assert f"lmsysorg/sglang:v{engine_parsers.PINS['sglang']}" == SGLANG_IMAGE
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_engines_own_parser_reads_every_built_spec_back(
+    kind: str, engines_parsed: dict[str, Parsed]
+) -> None:
+    for (name, spec), result in zip(specs_of(kind).items(), engines_parsed[kind]["specs"], strict=True):
         assert "flags" in result, f"{name}: {result}"
-        assert_reads_back(spec, argparse.Namespace(**result["flags"]))
+        assert_reads_back(spec, namespace(result["flags"]))
 
 
-def test_the_flag_table_is_vllms(vllm_parsed: dict[str, list[dict[str, Any]]]) -> None:
-    results = zip(TABLE_CASES, vllm_parsed["table"], strict=True)
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_flag_table_is_the_engines(kind: str, engines_parsed: dict[str, Parsed]) -> None:
+    results = zip(table_cases(kind), engines_parsed[kind]["table"], strict=True)
     assert [(args, result["error"]) for args, result in results if "error" in result] == []
 
 
-def test_extra_args_vllm_reads_as_a_derived_flag_are_refused(
-    vllm_parsed: dict[str, list[dict[str, Any]]],
+@pytest.mark.parametrize("kind", KINDS)
+def test_extra_args_the_engine_reads_as_a_derived_flag_are_refused(
+    kind: str, engines_parsed: dict[str, Parsed]
 ) -> None:
-    """The property test above with vLLM's parser as the oracle, over spellings made from the table."""
-    (alone,) = vllm_parsed["alone"]
-    expected = derived("vllm", argparse.Namespace(**alone["flags"]))
+    """The property test above with the engine's own parser as the oracle, over spellings made from the
+    table."""
+    (alone,) = engines_parsed[kind]["alone"]
+    expected = derived(kind, namespace(alone["flags"]))
     refused = 0
-    for extra, result in zip(vllm_spellings(), vllm_parsed["spellings"], strict=True):
-        if "error" in result or derived("vllm", argparse.Namespace(**result["flags"])) == expected:
-            continue  # vLLM would not start, or the spec's flags keep their values
+    for extra, result in zip(extra_spellings(kind), engines_parsed[kind]["spellings"], strict=True):
+        if "error" in result or derived(kind, namespace(result["flags"])) == expected:
+            continue  # the engine would not start, or the spec's flags keep their values
         with pytest.raises(ValidationError, match="extraArgs cannot set"):
-            every_field("vllm", extraArgs=extra)
+            every_field(kind, extraArgs=extra)
         refused += 1
-    assert refused > 50  # the spellings do reach the derived flags
+    assert refused > 30  # the spellings do reach the derived flags

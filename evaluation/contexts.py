@@ -274,10 +274,11 @@ def _synthetic_item(task: TaskSpec, bucket: str, index: int, tokenizer: Tokenize
             pieces.append(" ".join(heads[len(units)]) + "\n")
         context = "".join(pieces).rstrip("\n")
         return _Draft(
-            task.render(context, spec.question), _needle_depth(spec.gold, before, needle_tokens, units)
+            task.render(context, spec.question, spec.answer_cue),
+            _needle_depth(spec.gold, before, needle_tokens, units),
         )
 
-    fixed = tokenizer.count(task.render("", spec.question)) + sum(needle_tokens) + len(texts)
+    fixed = tokenizer.count(task.render("", spec.question, spec.answer_cue)) + sum(needle_tokens) + len(texts)
     draft, measured = _fit(build, fixed, task, bucket, tokenizer, "filler")
     return EvalItem(
         task=task.name,

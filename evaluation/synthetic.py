@@ -2,8 +2,8 @@
 
 Every item is made from a seed, so nothing can be looked up: the keys are uuid-like, the values random
 numbers, the variable names random upper-case strings, and the aggregation words pseudo-words. This module
-says *what* goes into a context (needles, question, answers, filler); `evaluation.contexts` sizes and
-assembles it for a bucket.
+says *what* goes into a context (needles, question, answer cue, answers, filler); `evaluation.contexts`
+sizes and assembles it for a bucket.
 """
 
 import itertools
@@ -34,6 +34,7 @@ class Needle:
 @dataclass(frozen=True)
 class SyntheticSpec:
     question: str
+    answer_cue: str  # the answer's opening words, written after "Answer:" (RULER's answer prefix)
     answers: tuple[str, ...]
     needles: tuple[Needle, ...]  # sorted by depth: their order in the context
     gold: int | None  # index of the needle whose depth is the item's gold depth; None: no single needle
@@ -82,6 +83,7 @@ def _niah_single(rng: random.Random) -> SyntheticSpec:
     key, (value,) = _key(rng), _values(rng, 1)
     return SyntheticSpec(
         question=f"What is the special magic number for {key} mentioned in the text?",
+        answer_cue=f"The special magic number for {key} mentioned in the text is",
         answers=(value,),
         needles=(Needle(rng.random(), _magic(key, value)),),
         gold=0,
@@ -96,6 +98,7 @@ def _niah_multikey(rng: random.Random) -> SyntheticSpec:
     target = rng.randrange(_MULTI_NEEDLES)
     return SyntheticSpec(
         question=f"What is the special magic number for {keys[target]} mentioned in the text?",
+        answer_cue=f"The special magic number for {keys[target]} mentioned in the text is",
         answers=(values[target],),
         needles=tuple(Needle(depth, _magic(keys[i], values[i])) for depth, i in placed),
         gold=[i for _, i in placed].index(target),
@@ -108,6 +111,7 @@ def _niah_multivalue(rng: random.Random) -> SyntheticSpec:
     depths = sorted(rng.random() for _ in values)
     return SyntheticSpec(
         question=f"What are all the special magic numbers for {key} mentioned in the text?",
+        answer_cue=f"The special magic numbers for {key} mentioned in the text are",
         answers=tuple(values),
         needles=tuple(
             Needle(depth, f"One of the special magic numbers for {key} is {value}.")
@@ -136,6 +140,8 @@ def _variable_tracking(rng: random.Random) -> SyntheticSpec:
     return SyntheticSpec(
         question=f"Which variables are assigned the value {value}, directly or through other variables? "
         "List all of them.",
+        answer_cue=f"According to the chains of assignments in the text, the variables assigned the value "
+        f"{value} are:",
         answers=tuple(names[:_CHAIN_HOPS]),
         needles=tuple(Needle(depth, text) for depth, text, _ in tagged),
         gold=[is_target for _, _, is_target in tagged].index(True),
@@ -148,6 +154,7 @@ def _aggregation(rng: random.Random) -> SyntheticSpec:
     common = [words.word(i) for i in range(_COMMON_WORDS)]
     return SyntheticSpec(
         question=f"Which {_COMMON_WORDS} words appear most often in the word list above? List them.",
+        answer_cue=f"The {_COMMON_WORDS} words that appear most often in the list are:",
         answers=tuple(common),
         needles=(),
         gold=None,

@@ -54,8 +54,11 @@ class TaskSpec:
     # Summarisation asks about one named document of the constructed context (see docs/evaluation.md).
     summarisation: bool = False
 
-    def render(self, context: str, question: str) -> str:
-        return self.template.format(context=context, input=question)
+    def render(self, context: str, question: str, answer_cue: str = "") -> str:
+        """The prompt. `answer_cue` opens the answer after the template's answer cue, as RULER's answer
+        prefixes do: a base model continues it with the values instead of inventing a format of its own."""
+        prompt = self.template.format(context=context, input=question)
+        return f"{prompt} {answer_cue}" if answer_cue else prompt
 
 
 _DOCS = "Below are several documents, numbered. "

@@ -48,6 +48,20 @@ def test_every_answer_is_in_the_context(items: dict[tuple[str, int], EvalItem], 
         assert all(answer in context for answer in item.answers)
 
 
+@pytest.mark.parametrize("task", SYNTHETIC_TASKS)
+def test_the_prompt_ends_by_opening_an_answer_that_gives_nothing_away(
+    items: dict[tuple[str, int], EvalItem], task: str
+) -> None:
+    for i in range(3):
+        item = items[task, i]
+        question = item.prompt[item.prompt.rindex("Question: ") :]
+        asked, cue = question.removeprefix("Question: ").split("\nAnswer: ")
+        # The cue repeats what the question asks about (a key, a value), never what it wants back.
+        assert cue[0].isupper() and cue.endswith((" is", " are", ":"))
+        assert set(re.findall(r"[0-9a-f-]{36}|\d+", cue)) <= set(re.findall(r"[0-9a-f-]{36}|\d+", asked))
+        assert not [answer for answer in item.answers if answer in cue]
+
+
 @pytest.mark.parametrize("task", ["niah_single", "niah_multikey", "niah_multivalue"])
 def test_the_asked_key_and_its_values_occur_once_each(
     items: dict[tuple[str, int], EvalItem], task: str

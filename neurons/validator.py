@@ -531,6 +531,9 @@ class WandbLogger:
     ) -> None:
         import wandb
 
+        if mode == "offline":
+            # init's mode covers the run only; WandB's process-wide analytics would still call home.
+            wandb.setup(wandb.Settings(mode="offline"))
         try:
             self._run = wandb.init(
                 project=project,

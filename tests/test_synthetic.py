@@ -57,7 +57,8 @@ def test_the_prompt_ends_by_opening_an_answer_that_gives_nothing_away(
         question = item.prompt[item.prompt.rindex("Question: ") :]
         asked, cue = question.removeprefix("Question: ").split("\nAnswer: ")
         # The cue repeats what the question asks about (a key, a value), never what it wants back.
-        assert cue[0].isupper() and cue.endswith((" is", " are", ":"))
+        assert cue[0].isupper()
+        assert cue.endswith((" is", " are", ":"))
         assert set(re.findall(r"[0-9a-f-]{36}|\d+", cue)) <= set(re.findall(r"[0-9a-f-]{36}|\d+", asked))
         assert not [answer for answer in item.answers if answer in cue]
 

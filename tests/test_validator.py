@@ -617,6 +617,8 @@ def test_wandb_without_an_account_is_a_clear_error(tmp_path: Path) -> None:
     env = {
         **os.environ,
         "WANDB_MODE": "online",
+        # Online, but the server is a closed loopback port: WandB's own analytics would call its server.
+        "WANDB_BASE_URL": "http://127.0.0.1:9",
         "WANDB_DIR": str(tmp_path),
         "WANDB_CONFIG_DIR": str(tmp_path),
     }

@@ -6,7 +6,6 @@ carries one group's dependencies (the operator has no torch) runs that group wit
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Sequence
 
@@ -32,9 +31,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, (_, help_text) in GROUPS.items():
         commands.add_parser(name, help=help_text, add_help=False)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    # Before huggingface_hub is imported (it reads this once): its telemetry fetches an agent registry from
-    # huggingface.co on an engine client's first request, an outside connection a miner never asked for.
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     module = importlib.import_module(GROUPS[args.group][0])
     status: int = module.main(rest, prog=f"quasar {args.group}")
     return status

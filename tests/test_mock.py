@@ -124,9 +124,11 @@ def test_mock_mode_runs_rounds_writes_the_leaderboard_and_resumes(
 
     # A restart with the same state file keeps the hotkeys and scores and goes on counting rounds. This run is
     # the script in a process of its own (wandb keeps process-wide state), with WandB on: offline, as mock
-    # mode defaults to without an account.
+    # mode defaults to without an account. Nor is the Hub offline here: a run still reaches nothing outside
+    # loopback (the egress guard, tests/conftest.py).
     env = {**os.environ, "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
     env.pop("WANDB_MODE", None)
+    env.pop("HF_HUB_OFFLINE", None)
     script = [sys.executable, "neurons/validator.py", *flags[:-1], "--rounds", "1"]
     done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

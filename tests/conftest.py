@@ -32,3 +32,11 @@ def _no_egress() -> Iterator[None]:
         refused = log.read()
     if refused:
         pytest.fail(f"this test tried to reach beyond loopback:\n{refused}", pytrace=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Also what no single test saw: session fixtures' set-up, processes writing after the last test.
+    refused = _EGRESS_LOG.read_text(encoding="utf-8")
+    if refused:
+        print(f"\nthe test session tried to reach beyond loopback:\n{refused}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

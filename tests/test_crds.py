@@ -651,6 +651,16 @@ VLLM_MODEL = {"id": "moonshotai/Kimi-Linear-48B-A3B-Instruct", "maxTotalTokens":
             {"engine": {"kind": "vllm"}, "model": {"id": "m", "extraArgs": ["-tp=2"]}},
             "spec.model: extraArgs cannot set flags the operator derives from the spec",
         ),
+        (
+            {"engine": {"kind": "vllm"}, "model": {"id": "m", "extraArgs": ["--config", "/etc/flags.yaml"]}},
+            "spec.model: extraArgs cannot set flags the operator derives from the spec, "
+            "nor read flags from a file",
+        ),
+        (
+            {"engine": {"kind": "sglang"}, "model": {"id": "m", "extraArgs": ["--config=/etc/flags.yaml"]}},
+            "spec.model: extraArgs cannot set flags the operator derives from the spec, "
+            "nor read flags from a file",
+        ),
     ],
 )
 def test_engine_rules_agree_in_cel_and_models(spec: Obj, message: str) -> None:

@@ -63,7 +63,9 @@ WALLET_COLDKEYPUB_KEY = "coldkeypub.txt"
 # Engine flags the operator derives from the spec, of every engine: letting `extraArgs` repeat them would make
 # the spec lie (and TGI refuses a repeated flag). One list for all engines keeps the rule local to
 # spec.model; no engine has another engine's flag under another meaning. TGI's first, then vLLM's (with
-# its short forms) and SGLang's.
+# its short forms) and SGLang's, then `--config`: vLLM and SGLang read flags from that YAML file in the
+# container, where the operator cannot see them (a file setting trust-remote-code would run the model's code
+# while the spec says false).
 MANAGED_ENGINE_FLAGS = (
     "--model-id",
     "--revision",
@@ -90,6 +92,7 @@ MANAGED_ENGINE_FLAGS = (
     "--context-length",
     "--json-model-override-args",
     "--hf-overrides",
+    "--config",
 )
 # The GPU memory fraction flags, managed only when model.gpuMemoryFraction is set (TGI specs have long passed
 # --cuda-memory-fraction in extraArgs).
@@ -389,7 +392,7 @@ def _names_flag(name: str, flag: str) -> bool:
 
 _EXTRA_ARGS = Rule(
     rule=f"!has(self.extraArgs) || self.extraArgs.all(a, !{_sets_flag_cel(MANAGED_ENGINE_FLAGS)})",
-    message="extraArgs cannot set flags the operator derives from the spec: "
+    message="extraArgs cannot set flags the operator derives from the spec, nor read flags from a file: "
     + ", ".join(MANAGED_ENGINE_FLAGS),
     field_path=".extraArgs",
 )

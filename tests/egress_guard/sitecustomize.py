@@ -21,23 +21,18 @@ _connect = socket.socket.connect
 _connect_ex = socket.socket.connect_ex
 
 
+def _address(host: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address `host` spells (a scope id dropped); None for a name."""
+    text = host.decode(errors="replace") if isinstance(host, bytes) else str(host)
+    try:
+        return ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return None
+
+
 def _is_loopback(host: object) -> bool:
-    if isinstance(host, bytes):
-        host = host.decode(errors="replace")
-    if host is None or host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_address(host: object) -> bool:
-    try:
-        ipaddress.ip_address(str(host.decode() if isinstance(host, bytes) else host).split("%")[0])
-    except ValueError:
-        return False
-    return True
+    address = _address(host)
+    return host in (None, "localhost", b"localhost") or (address is not None and address.is_loopback)
 
 
 def _refuse(what: str) -> OSError:
@@ -49,7 +44,7 @@ def _refuse(what: str) -> OSError:
 
 
 def _guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-    if not _is_loopback(host) and not _is_address(host):
+    if not _is_loopback(host) and _address(host) is None:
         raise _refuse(f"name lookup of {host!r}")
     return _getaddrinfo(host, *args, **kwargs)
 
